@@ -1,0 +1,1 @@
+"""Results -> pandas tables, matplotlib charts, history, regression verdicts."""

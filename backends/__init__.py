@@ -1,0 +1,1 @@
+"""One module per backend, and the code that runs inside the launched processes."""

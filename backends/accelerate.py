@@ -1,0 +1,84 @@
+"""Accelerate's big-model inference: layers spread over the job's GPUs (naive pipeline parallelism),
+optionally offloaded to CPU RAM or disk, optionally int8 through bitsandbytes."""
+import os
+import shutil
+from collections import Counter
+
+import psutil
+import torch
+from accelerate import init_empty_weights
+from accelerate.utils import compute_module_sizes
+from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
+
+TORCH_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.float16}
+
+
+class AccelerateBackend:
+    streams = 1
+
+    def __init__(self, config: dict, checkpoint: str):
+        self.config, self.checkpoint = config, checkpoint
+        self.model = None
+        self.info: dict = {}
+        self.offload_dir = None
+
+    def _weights_bytes(self) -> int:
+        with init_empty_weights():
+            meta = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(self.checkpoint))
+        dtype = torch.int8 if self.config["dtype"]["name"] == "int8" else TORCH_DTYPE[self.config["dtype"]["name"]]
+        return compute_module_sizes(meta, dtype=dtype)[""]
+
+    def max_memory(self) -> dict:
+        """Per-device weight budgets for device_map="auto" (the seed's get_max_memory_per_gpu_dict)."""
+        n, backend, offload = self.config["num_gpus"], self.config["backend"], self.config["offload"]["name"]
+        if offload != "none":
+            resident = int(backend["resident_gib"] * 2**30)
+            if n == 0:
+                return {"cpu": resident}
+            return {0: resident, "cpu": psutil.virtual_memory().available if offload == "cpu" else 0}
+        # An even split plus 10% (weights are not evenly sized); GPU 0 takes `gpu0_weights` of a share.
+        share = self._weights_bytes() * 1.10 / (n - 1 + backend["gpu0_weights"])
+        budget = {i: int(share) for i in range(n)}
+        budget[0] = int(share * backend["gpu0_weights"])
+        return budget
+
+    def load(self) -> None:
+        cfg = self.config
+        kwargs = {"dtype": TORCH_DTYPE[cfg["dtype"]["name"]]}
+        if cfg["backend"]["attn_implementation"]:
+            kwargs["attn_implementation"] = cfg["backend"]["attn_implementation"]
+        if cfg["dtype"]["name"] == "int8":
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_8bit=True, llm_int8_threshold=cfg["dtype"]["llm_int8_threshold"])
+        if cfg["num_gpus"] == 0 and cfg["offload"]["name"] == "none":
+            kwargs["device_map"] = {"": "cpu"}
+        else:
+            kwargs["device_map"] = "auto"
+            kwargs["max_memory"] = self.max_memory()
+        if cfg["offload"]["name"] == "nvme":
+            self.offload_dir = os.path.join(cfg["offload"]["path"], f"infersweep-offload-{os.getpid()}")
+            kwargs["offload_folder"] = self.offload_dir
+        self.model = AutoModelForCausalLM.from_pretrained(self.checkpoint, **kwargs).eval()
+        device_map = getattr(self.model, "hf_device_map", kwargs["device_map"])
+        placement = Counter(str(d) for d in device_map.values())
+        self.info = {"device_map": dict(placement), "dtype": str(kwargs["dtype"])}
+        if cfg["dtype"]["name"] == "int8":
+            self.info["llm_int8_threshold"] = cfg["dtype"]["llm_int8_threshold"]
+        spilled = {d for d in placement if d in ("cpu", "disk")}
+        if cfg["offload"]["name"] == "none" and cfg["num_gpus"] > 0 and spilled:
+            raise torch.cuda.OutOfMemoryError(
+                f"CUDA out of memory: weights do not fit on {cfg['num_gpus']} GPU(s) without offload "
+                f"(device_map spilled to {sorted(spilled)})")
+
+    def input_device(self) -> torch.device:
+        return torch.device("cuda:0") if self.config["num_gpus"] > 0 else torch.device("cpu")
+
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, new_tokens: int) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=False,
+                                       max_new_tokens=new_tokens, min_new_tokens=new_tokens, use_cache=True,
+                                       pad_token_id=self.model.config.pad_token_id)
+
+    def close(self) -> None:
+        if self.offload_dir:
+            shutil.rmtree(self.offload_dir, ignore_errors=True)

@@ -1,0 +1,50 @@
+"""The `env` of a result: hardware, driver and library versions, host, the project's git revision."""
+import os
+import platform
+import socket
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from runner.stack import LIBRARIES
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _version(name: str):
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _run(cmd: list) -> str:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def collect_env() -> dict:
+    env = {
+        "hostname": socket.gethostname(),
+        "python": platform.python_version(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "cuda": torch.version.cuda,
+        "git_rev": _run(["git", "-C", str(PROJECT_ROOT), "rev-parse", "--short", "HEAD"]) or None,
+        **{name: _version(name) for name in LIBRARIES},
+        "gpu_count": torch.cuda.device_count(),
+        "gpu_name": None,
+        "gpu_mem_gib": None,
+        "driver": None,
+    }
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        env["gpu_name"] = props.name
+        env["gpu_mem_gib"] = round(props.total_memory / 2**30, 1)
+        env["driver"] = _run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]).split("\n")[0] or None
+    return env

@@ -1,0 +1,68 @@
+"""Synthetic BLOOM checkpoints: a config with random weights (fixed seed), saved once as safetensors.
+
+Loading it then measures real loading from disk, exactly as for a user's checkpoint.
+`python -m backends.synthetic JOB_DIR` builds the job's checkpoint; the runner calls it before
+launching, so that build time is never counted as load time and ranks never race to build it.
+"""
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+# The dtype a checkpoint is stored in: int8 is quantised from fp16 at load time, as the seed did.
+STORAGE_DTYPE = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "int8": "float16"}
+
+
+def cache_root(config: dict) -> Path:
+    root = config["cache_dir"] or os.environ.get("INFERSWEEP_CACHE") or "~/.cache/infersweep"
+    return Path(root).expanduser()
+
+
+def checkpoint_dir(config: dict) -> Path:
+    """Where the job's model is read from: the synthetic cache entry, or the user's path/hub name."""
+    model = config["model"]
+    if model["source"] == "pretrained":
+        return Path(model["path"])
+    dtype = STORAGE_DTYPE[config["dtype"]["name"]]
+    shape = f"h{model['hidden_size']}-l{model['n_layer']}-a{model['n_head']}-v{model['vocab_size']}"
+    return cache_root(config) / "models" / f"{model['name']}-{shape}-{dtype}-seed{config['seed']}"
+
+
+def checkpoint_ready(config: dict) -> bool:
+    return (checkpoint_dir(config) / "config.json").exists()
+
+
+def bloom_config(model: dict):
+    from transformers import BloomConfig
+
+    return BloomConfig(hidden_size=model["hidden_size"], n_layer=model["n_layer"], n_head=model["n_head"],
+                       vocab_size=model["vocab_size"], bos_token_id=1, eos_token_id=2, pad_token_id=3)
+
+
+def build_checkpoint(config: dict) -> Path:
+    """Build and save the checkpoint (on a GPU when there is one: 7B random weights in seconds)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    target = checkpoint_dir(config)
+    if checkpoint_ready(config):
+        return target
+    dtype = getattr(torch, STORAGE_DTYPE[config["dtype"]["name"]])
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(config["seed"])
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(bloom_config(config["model"]), dtype=dtype)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    model.save_pretrained(tmp, safe_serialization=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.rename(tmp, target)  # atomic: a concurrent builder that won leaves its copy in place
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+if __name__ == "__main__":
+    job = json.loads((Path(sys.argv[1]) / "job.json").read_text())
+    print(f"synthetic checkpoint: {build_checkpoint(job['config'])}", flush=True)

@@ -1,0 +1,1 @@
+"""The Hydra app: one job = validate -> launch under deepspeed/accelerate -> collect."""

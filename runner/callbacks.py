@@ -1,0 +1,41 @@
+"""Hydra callbacks: count the sweep when it starts, print and save its table when it ends."""
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from runner.job import SWEEP_FILE, new_run_id
+
+TABLE_FILE = "seed_table.csv"
+
+
+def sweep_size(overrides: list) -> int:
+    """How many jobs Hydra's basic sweeper makes of these command-line overrides."""
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    return sum(len(batch) for batch in BasicSweeper.split_arguments(parsed, None))
+
+
+class SweepTable(Callback):
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        path = sweep_dir / SWEEP_FILE
+        # A sweep run again in the same directory (a resume) keeps its run_id.
+        run_id = json.loads(path.read_text())["run_id"] if path.exists() else new_run_id()
+        info = {"run_id": run_id, "total": sweep_size(list(config.hydra.overrides.task)), "started": time.time()}
+        path.write_text(json.dumps(info))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from analysis.results import load_results
+        from analysis.tables import seed_table
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        table = seed_table(load_results([sweep_dir]))
+        table.to_csv(sweep_dir / TABLE_FILE)
+        print(f"\nms per token (rows backend+dtype, columns batch size) -- {sweep_dir / TABLE_FILE}")
+        print(table.to_string())

@@ -1,0 +1,95 @@
+"""The sweep's config schema: one small dataclass per group, registered in Hydra's ConfigStore.
+
+The yaml files under conf/ pick these schemas as defaults, so a typo'd key, a wrong type or an
+unknown option fails at compose time, before any job runs.
+"""
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class AccelerateConfig:
+    name: str = "accelerate"
+    # Share of an even split of the weights that GPU 0 may hold: 0.0 keeps GPU 0 for activations
+    # and the KV cache only (the seed's trick for int8 on 4 GPUs).
+    gpu0_weights: float = 1.0
+    # GiB of weights kept on the execution device (GPU 0, or the CPU when num_gpus=0) when
+    # offload=cpu|nvme; the rest is streamed from CPU RAM or disk at every forward.
+    resident_gib: float = 1.0
+    attn_implementation: Optional[str] = None
+
+
+@dataclass
+class DSInferenceConfig:
+    name: str = "ds-inference"
+    kernel_inject: str = "auto"
+    cuda_graph: bool = False
+    pre_sharded: bool = False
+
+
+@dataclass
+class DSZeroConfig:
+    name: str = "ds-zero"
+
+
+@dataclass
+class DtypeConfig:
+    name: str = MISSING
+    # bitsandbytes LLM.int8() outlier threshold; only read when name=int8 (the seed ran 6.0).
+    llm_int8_threshold: float = 6.0
+
+
+@dataclass
+class OffloadConfig:
+    name: str = "none"
+    path: Optional[str] = None
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    # synthetic: a BLOOM config with random weights (fixed seed), saved once as safetensors.
+    # pretrained: `path` is a local checkpoint directory or a hub name.
+    source: str = "synthetic"
+    path: Optional[str] = None
+    hidden_size: int = 64
+    n_layer: int = 2
+    n_head: int = 4
+    vocab_size: int = 250880
+
+
+@dataclass
+class SweepConfig:
+    backend: Any = MISSING
+    dtype: DtypeConfig = MISSING
+    offload: OffloadConfig = MISSING
+    model: ModelConfig = MISSING
+    # null: 1 when a GPU is visible, else 0 (run on the CPU).
+    num_gpus: Optional[int] = None
+    batch_size: int = 1
+    new_tokens: int = 100
+    prompt_tokens: int = 8
+    repeats: int = 3
+    timeout_s: float = 600.0
+    # Python interpreter the job's launcher runs under; null: the runner's own.
+    stack: Optional[str] = None
+    seed: int = 0
+    # GiB the worker may map beyond what it holds after imports (RLIMIT_AS); what cannot fit is `oom`.
+    host_mem_limit_gib: Optional[float] = None
+    # Where synthetic checkpoints are cached; null: $INFERSWEEP_CACHE or ~/.cache/infersweep.
+    cache_dir: Optional[str] = None
+
+
+def register_configs() -> None:
+    """Schemas live in their own group so that `backend=...` lists only the real options."""
+    cs = ConfigStore.instance()
+    cs.store(group="schema", name="sweep", node=SweepConfig)
+    cs.store(group="schema", name="accelerate", node=AccelerateConfig)
+    cs.store(group="schema", name="ds_inference", node=DSInferenceConfig)
+    cs.store(group="schema", name="ds_zero", node=DSZeroConfig)
+    cs.store(group="schema", name="dtype", node=DtypeConfig)
+    cs.store(group="schema", name="offload", node=OffloadConfig)
+    cs.store(group="schema", name="model", node=ModelConfig)

@@ -1,0 +1,64 @@
+"""The sweep's progress on stderr: job i of N, elapsed, ETA, the running job's phase, a line per job."""
+import sys
+import time
+from pathlib import Path
+
+PHASE_FILE = "phase"
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def job_label(config: dict) -> str:
+    label = f"{config['backend']['name']} {config['dtype']['name']} gpus={config['num_gpus']} bs={config['batch_size']}"
+    if config["offload"]["name"] != "none":
+        label += f" offload={config['offload']['name']}"
+    if config["stack"]:
+        label += f" stack={config['stack']}"
+    return label
+
+
+def result_line(result: dict) -> str:
+    line = f"{job_label(result['config'])} {result['status']}"
+    if result.get("ms_per_token") is not None:
+        line += f" {result['ms_per_token']:.3f} ms/token"
+    if result.get("load_s") is not None:
+        line += f" load {result['load_s']:.2f} s"
+    if result["status"] != "ok" and result.get("reason"):
+        line += f" ({result['reason']})"
+    return line
+
+
+class Progress:
+    """Redraws one status line while a job runs (in place on a terminal, on change otherwise)."""
+
+    def __init__(self, index: int, total: int, sweep_started: float, job_dir: Path, label: str):
+        self.index, self.total, self.sweep_started = index, total, sweep_started
+        self.job_dir, self.label = job_dir, label
+        self.tty = sys.stderr.isatty()
+        self.last = ""
+
+    def _prefix(self) -> str:
+        elapsed = time.time() - self.sweep_started
+        eta = elapsed / self.index * (self.total - self.index) if self.index else None
+        return (f"[{self.index + 1}/{self.total} elapsed {_clock(elapsed)}"
+                + (f" eta {_clock(eta)}" if eta is not None else "") + "]")
+
+    def phase(self, phase: str) -> None:
+        if phase == self.last:
+            return
+        self.last = phase
+        text = f"{self._prefix()} {self.label}: {phase}"
+        sys.stderr.write(f"\r\033[K{text}" if self.tty else text + "\n")
+        sys.stderr.flush()
+
+    def tick(self) -> None:
+        path = self.job_dir / PHASE_FILE
+        if path.exists():
+            self.phase(path.read_text().strip() or "starting")
+
+    def done(self, result: dict) -> None:
+        sys.stderr.write(("\r\033[K" if self.tty else "") + f"{self._prefix()} {result_line(result)}\n")
+        sys.stderr.flush()

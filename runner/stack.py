@@ -1,0 +1,70 @@
+"""What a job will run on, found without importing torch: the stack's library versions and the GPUs."""
+import functools
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+LIBRARIES = ("torch", "transformers", "accelerate", "deepspeed", "bitsandbytes", "safetensors")
+
+_PROBE = """
+import json, sys
+from importlib import metadata
+versions = {}
+for name in %r:
+    try:
+        versions[name] = metadata.version(name)
+    except metadata.PackageNotFoundError:
+        versions[name] = None
+print(json.dumps({"python": sys.version.split()[0], "versions": versions}))
+""" % (LIBRARIES,)
+
+
+@dataclass(frozen=True)
+class Stack:
+    python: str
+    python_version: str
+    versions: dict
+
+    def has(self, library: str) -> bool:
+        return self.versions.get(library) is not None
+
+
+def interpreter(stack: Optional[str]) -> str:
+    """The Python a job runs under: `stack` (an interpreter path, or an environment directory), or ours."""
+    if stack is None:
+        return sys.executable
+    path = Path(stack).expanduser()
+    if path.is_dir():
+        path = path / "bin" / "python"
+    return str(path)
+
+
+@functools.lru_cache(maxsize=None)
+def probe(python: str) -> Stack:
+    """Versions of the libraries installed for `python`. Raises ValueError if it cannot run."""
+    if not (os.path.isfile(python) and os.access(python, os.X_OK)) and shutil.which(python) is None:
+        raise ValueError(f"stack={python}: no such Python interpreter (allowed: a python executable or an env dir)")
+    out = subprocess.run([python, "-c", _PROBE], capture_output=True, text=True, timeout=60)
+    if out.returncode != 0:
+        raise ValueError(f"stack={python}: interpreter failed to start: {out.stderr.strip().splitlines()[-1:]}")
+    info = json.loads(out.stdout)
+    return Stack(python=python, python_version=info["python"], versions=info["versions"])
+
+
+@functools.lru_cache(maxsize=None)
+def visible_gpus() -> tuple:
+    """IDs of the GPUs a job may use: CUDA_VISIBLE_DEVICES if set, else what nvidia-smi lists."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return tuple(i for i in env.split(",") if i.strip() and i.strip() != "-1")
+    if shutil.which("nvidia-smi") is None:
+        return ()
+    out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
+    if out.returncode != 0:
+        return ()
+    return tuple(str(i) for i, line in enumerate(out.stdout.splitlines()) if line.startswith("GPU "))
