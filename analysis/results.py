@@ -1,7 +1,7 @@
 """Every result.json under some directories, as one flat pandas DataFrame (one row per job)."""
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import pandas as pd
 

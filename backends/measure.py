@@ -9,7 +9,8 @@ Metric definitions (ARCHITECTURE.md):
 import resource
 import statistics
 import time
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import torch
 

@@ -58,7 +58,8 @@ def run(job: dict, job_dir: Path) -> dict:
 
     def phase(text: str) -> None:
         if rank() == 0:
-            (job_dir / PHASE_FILE).write_text(text)
+            with open(job_dir / PHASE_FILE, "a") as f:
+                f.write(text + "\n")
 
     fields = {"env": collect_env()}
     backend = None

@@ -4,7 +4,7 @@ The yaml files under conf/ pick these schemas as defaults, so a typo'd key, a wr
 unknown option fails at compose time, before any job runs.
 """
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -19,7 +19,7 @@ class AccelerateConfig:
     # GiB of weights kept on the execution device (GPU 0, or the CPU when num_gpus=0) when
     # offload=cpu|nvme; the rest is streamed from CPU RAM or disk at every forward.
     resident_gib: float = 1.0
-    attn_implementation: Optional[str] = None
+    attn_implementation: str | None = None
 
 
 @dataclass
@@ -45,7 +45,7 @@ class DtypeConfig:
 @dataclass
 class OffloadConfig:
     name: str = "none"
-    path: Optional[str] = None
+    path: str | None = None
 
 
 @dataclass
@@ -54,7 +54,7 @@ class ModelConfig:
     # synthetic: a BLOOM config with random weights (fixed seed), saved once as safetensors.
     # pretrained: `path` is a local checkpoint directory or a hub name.
     source: str = "synthetic"
-    path: Optional[str] = None
+    path: str | None = None
     hidden_size: int = 64
     n_layer: int = 2
     n_head: int = 4
@@ -68,19 +68,19 @@ class SweepConfig:
     offload: OffloadConfig = MISSING
     model: ModelConfig = MISSING
     # null: 1 when a GPU is visible, else 0 (run on the CPU).
-    num_gpus: Optional[int] = None
+    num_gpus: int | None = None
     batch_size: int = 1
     new_tokens: int = 100
     prompt_tokens: int = 8
     repeats: int = 3
     timeout_s: float = 600.0
     # Python interpreter the job's launcher runs under; null: the runner's own.
-    stack: Optional[str] = None
+    stack: str | None = None
     seed: int = 0
     # GiB the worker may map beyond what it holds after imports (RLIMIT_AS); what cannot fit is `oom`.
-    host_mem_limit_gib: Optional[float] = None
+    host_mem_limit_gib: float | None = None
     # Where synthetic checkpoints are cached; null: $INFERSWEEP_CACHE or ~/.cache/infersweep.
-    cache_dir: Optional[str] = None
+    cache_dir: str | None = None
 
 
 def register_configs() -> None:

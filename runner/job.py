@@ -10,8 +10,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from backends.synthetic import checkpoint_ready
 from runner.launch import launcher_command, run_process
-from runner.progress import Progress, job_label
-from runner.result import new_result, read_result, write_result
+from runner.progress import PHASE_FILE, Progress, job_label
+from runner.result import RESULT_FILE, new_result, read_result, write_result
 from runner.stack import interpreter, probe, visible_gpus
 from runner.validate import invalid_reason
 
@@ -73,7 +73,8 @@ def _run(job: dict, job_dir: Path, log_path: Path, progress: Progress) -> dict:
     if reason:
         return new_result(job, "invalid", reason)
 
-    (job_dir / "result.json").unlink(missing_ok=True)
+    for stale in (RESULT_FILE, PHASE_FILE):
+        (job_dir / stale).unlink(missing_ok=True)
     (job_dir / JOB_FILE).write_text(json.dumps(job, indent=2))
     if config["model"]["source"] == "synthetic" and not checkpoint_ready(config):
         progress.phase("building synthetic checkpoint")
@@ -84,6 +85,7 @@ def _run(job: dict, job_dir: Path, log_path: Path, progress: Progress) -> dict:
     progress.phase("launching")
     cmd = launcher_command(config, python, job_dir, visible_gpus())
     rc = run_process(cmd, log_path, config["timeout_s"], on_tick=progress.tick)
+    progress.tick()
     result = read_result(job_dir)
     if result is not None:
         return result

@@ -3,8 +3,8 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import psutil
 
@@ -54,8 +54,8 @@ def kill_tree(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
     proc.wait()
 
 
-def run_process(cmd: list, log_path: Path, timeout_s: float, env: Optional[dict] = None,
-                on_tick: Callable[[], None] = lambda: None) -> Optional[int]:
+def run_process(cmd: list, log_path: Path, timeout_s: float, env: dict | None = None,
+                on_tick: Callable[[], None] = lambda: None) -> int | None:
     """Run `cmd` with its output appended to `log_path`; its exit code, or None if it timed out.
 
     The process tree is killed on timeout and on any interruption of the runner (Ctrl-C included).

@@ -3,7 +3,7 @@ import sys
 import time
 from pathlib import Path
 
-PHASE_FILE = "phase"
+PHASE_FILE = "phases"  # the worker appends one line per phase it enters
 
 
 def _clock(seconds: float) -> str:
@@ -39,6 +39,7 @@ class Progress:
         self.job_dir, self.label = job_dir, label
         self.tty = sys.stderr.isatty()
         self.last = ""
+        self.seen = 0
 
     def _prefix(self) -> str:
         elapsed = time.time() - self.sweep_started
@@ -55,9 +56,14 @@ class Progress:
         sys.stderr.flush()
 
     def tick(self) -> None:
+        """Show every phase the worker entered since the last tick."""
         path = self.job_dir / PHASE_FILE
-        if path.exists():
-            self.phase(path.read_text().strip() or "starting")
+        if not path.exists():
+            return
+        lines = path.read_text().splitlines()
+        for line in lines[self.seen:]:
+            self.phase(line)
+        self.seen = len(lines)
 
     def done(self, result: dict) -> None:
         sys.stderr.write(("\r\033[K" if self.tty else "") + f"{self._prefix()} {result_line(result)}\n")

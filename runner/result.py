@@ -7,7 +7,7 @@ import os
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 RESULT_FILE = "result.json"
 STATUSES = ("ok", "oom", "error", "timeout", "invalid")
@@ -41,7 +41,7 @@ def write_result(job_dir: Path, result: dict) -> Path:
     return path
 
 
-def read_result(job_dir: Path) -> Optional[dict]:
+def read_result(job_dir: Path) -> dict | None:
     """The job's result, or None if there is none yet. A corrupt file raises ValueError naming it."""
     path = Path(job_dir) / RESULT_FILE
     if not path.exists():

@@ -7,21 +7,21 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 LIBRARIES = ("torch", "transformers", "accelerate", "deepspeed", "bitsandbytes", "safetensors")
 
-_PROBE = """
+_PROBE = f"""
+LIBRARIES = {LIBRARIES!r}
 import json, sys
 from importlib import metadata
-versions = {}
-for name in %r:
+versions = {{}}
+for name in LIBRARIES:
     try:
         versions[name] = metadata.version(name)
     except metadata.PackageNotFoundError:
         versions[name] = None
-print(json.dumps({"python": sys.version.split()[0], "versions": versions}))
-""" % (LIBRARIES,)
+print(json.dumps({{"python": sys.version.split()[0], "versions": versions}}))
+"""
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class Stack:
         return self.versions.get(library) is not None
 
 
-def interpreter(stack: Optional[str]) -> str:
+def interpreter(stack: str | None) -> str:
     """The Python a job runs under: `stack` (an interpreter path, or an environment directory), or ours."""
     if stack is None:
         return sys.executable
@@ -44,19 +44,19 @@ def interpreter(stack: Optional[str]) -> str:
     return str(path)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def probe(python: str) -> Stack:
     """Versions of the libraries installed for `python`. Raises ValueError if it cannot run."""
     if not (os.path.isfile(python) and os.access(python, os.X_OK)) and shutil.which(python) is None:
         raise ValueError(f"stack={python}: no such Python interpreter (allowed: a python executable or an env dir)")
-    out = subprocess.run([python, "-c", _PROBE], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([python, "-c", _PROBE], check=False, capture_output=True, text=True, timeout=60)
     if out.returncode != 0:
         raise ValueError(f"stack={python}: interpreter failed to start: {out.stderr.strip().splitlines()[-1:]}")
     info = json.loads(out.stdout)
     return Stack(python=python, python_version=info["python"], versions=info["versions"])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def visible_gpus() -> tuple:
     """IDs of the GPUs a job may use: CUDA_VISIBLE_DEVICES if set, else what nvidia-smi lists."""
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -64,7 +64,7 @@ def visible_gpus() -> tuple:
         return tuple(i for i in env.split(",") if i.strip() and i.strip() != "-1")
     if shutil.which("nvidia-smi") is None:
         return ()
-    out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
+    out = subprocess.run(["nvidia-smi", "-L"], check=False, capture_output=True, text=True)
     if out.returncode != 0:
         return ()
     return tuple(str(i) for i, line in enumerate(out.stdout.splitlines()) if line.startswith("GPU "))

@@ -1,14 +1,13 @@
 """Which jobs cannot run, and why: each check returns a one-line reason that names the key."""
 import os
 from pathlib import Path
-from typing import Optional
 
 from runner.stack import Stack
 
 IMPLEMENTED_BACKENDS = ("accelerate",)
 
 
-def _positive(config: dict) -> Optional[str]:
+def _positive(config: dict) -> str | None:
     for key in ("batch_size", "new_tokens", "prompt_tokens", "repeats", "timeout_s"):
         if config[key] <= 0:
             return f"{key}={config[key]}: must be > 0"
@@ -17,14 +16,14 @@ def _positive(config: dict) -> Optional[str]:
     return None
 
 
-def _gpus(config: dict, gpus: tuple) -> Optional[str]:
+def _gpus(config: dict, gpus: tuple) -> str | None:
     n = config["num_gpus"]
     if n < 0 or n > len(gpus):
         return f"num_gpus={n}: {len(gpus)} GPU(s) visible (allowed: 0..{len(gpus)}; 0 runs on the CPU)"
     return None
 
 
-def _backend(config: dict) -> Optional[str]:
+def _backend(config: dict) -> str | None:
     name = config["backend"]["name"]
     if name not in IMPLEMENTED_BACKENDS:
         return f"backend={name}: not implemented yet (implemented: {', '.join(IMPLEMENTED_BACKENDS)})"
@@ -37,7 +36,7 @@ def _backend(config: dict) -> Optional[str]:
     return None
 
 
-def _dtype(config: dict, stack: Stack) -> Optional[str]:
+def _dtype(config: dict, stack: Stack) -> str | None:
     if config["dtype"]["name"] != "int8":
         return None
     if not stack.has("bitsandbytes"):
@@ -49,7 +48,7 @@ def _dtype(config: dict, stack: Stack) -> Optional[str]:
     return None
 
 
-def _offload(config: dict) -> Optional[str]:
+def _offload(config: dict) -> str | None:
     offload = config["offload"]
     if offload["name"] == "cpu" and config["num_gpus"] == 0:
         return "offload=cpu: needs a GPU to offload from (num_gpus=0 already runs on the CPU)"
@@ -64,7 +63,7 @@ def _offload(config: dict) -> Optional[str]:
     return None
 
 
-def _model(config: dict) -> Optional[str]:
+def _model(config: dict) -> str | None:
     model = config["model"]
     if model["source"] not in ("synthetic", "pretrained"):
         return f"model.source={model['source']}: allowed: synthetic, pretrained"
@@ -78,7 +77,7 @@ def _model(config: dict) -> Optional[str]:
     return None
 
 
-def invalid_reason(config: dict, stack: Stack, gpus: tuple) -> Optional[str]:
+def invalid_reason(config: dict, stack: Stack, gpus: tuple) -> str | None:
     """Why the job described by the resolved `config` cannot run on `stack` and `gpus`, or None."""
     return (_positive(config) or _gpus(config, gpus) or _backend(config) or _dtype(config, stack)
             or _offload(config) or _model(config))

@@ -1,0 +1,98 @@
+"""The runner end to end on CPU with bloom-tiny: real launcher, real worker, real result files."""
+import csv
+import json
+import time
+
+import psutil
+import pytest
+from conftest import results, run_runner
+
+FAST = ["new_tokens=8", "repeats=2", "prompt_tokens=4"]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, cache_dir):
+    """bf16 at two batch sizes, plus int8 (invalid on a CPU) in the same sweep."""
+    sweep_dir = tmp_path_factory.mktemp("sweep")
+    proc = run_runner(["-m", "dtype=bf16,int8", "batch_size=1,4", *FAST, f"hydra.sweep.dir={sweep_dir}"], cache_dir)
+    assert proc.returncode == 0, proc.stderr
+    return sweep_dir, proc, results(sweep_dir)
+
+
+def test_every_point_measured(sweep):
+    _, _, res = sweep
+    ok = [r for r in res if r["config"]["dtype"]["name"] == "bf16"]
+    assert [r["status"] for r in ok] == ["ok", "ok"]
+    assert sorted(r["config"]["batch_size"] for r in ok) == [1, 4]
+    for r in ok:
+        assert len(r["generate_s"]) == 2
+        assert r["ms_per_token"] > 0 and r["ms_per_token_min"] <= r["ms_per_token"] <= r["ms_per_token_max"]
+        expected = r["generate_s"]
+        assert r["ms_per_token_min"] == pytest.approx(min(expected) * 1000 / (r["config"]["batch_size"] * 8))
+        assert 0 < r["ttft_ms"] < min(r["generate_s"]) * 1000
+        assert r["decode_ms_per_step"] > 0
+        assert r["tokens_per_s"] == pytest.approx(r["config"]["batch_size"] * 8 / (sum(expected) / 2))
+        assert r["load_s"] > 0 and r["warmup_s"] > 0 and r["peak_mem_gib"] > 0
+        assert r["env"]["torch"] and r["env"]["transformers"] and r["env"]["hostname"]
+        assert r["config"]["num_gpus"] == 0
+        assert r["run_id"] == res[0]["run_id"] and r["log"].endswith("job.log")
+
+
+def test_invalid_combination_is_a_result(sweep):
+    _, _, res = sweep
+    int8 = [r for r in res if r["config"]["dtype"]["name"] == "int8"]
+    assert [r["status"] for r in int8] == ["invalid", "invalid"]
+    assert all("dtype=int8" in r["reason"] for r in int8)
+
+
+def test_end_of_sweep_table_has_the_seed_shape(sweep):
+    sweep_dir, proc, _ = sweep
+    with open(sweep_dir / "seed_table.csv") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["", "1", "4"]
+    labels = {row[0]: row[1:] for row in rows[1:]}
+    assert labels["accelerate int8"] == ["invalid", "invalid"]
+    assert all(float(v) > 0 for v in labels["accelerate bf16"])
+    assert "accelerate bf16" in proc.stdout
+
+
+def test_progress_shows_jobs_and_phases(sweep):
+    _, proc, _ = sweep
+    assert "[1/4" in proc.stderr and "[4/4" in proc.stderr
+    assert "loading" in proc.stderr and "repeat 2/2" in proc.stderr
+    assert "accelerate bf16 gpus=0 bs=4 ok" in proc.stderr and "ms/token" in proc.stderr
+
+
+def test_out_of_memory_is_a_result(tmp_path, cache_dir):
+    proc = run_runner(["batch_size=8192", "prompt_tokens=64", "new_tokens=4", "repeats=1",
+                       "host_mem_limit_gib=0.5", f"hydra.run.dir={tmp_path}"], cache_dir)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["status"] == "oom", result["reason"]
+    assert "allocate" in result["reason"]
+    assert result["load_s"] > 0
+
+
+def test_timeout_kills_the_whole_tree(tmp_path, cache_dir):
+    start = time.monotonic()
+    proc = run_runner(["timeout_s=2", f"hydra.run.dir={tmp_path}"], cache_dir)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["status"] == "timeout"
+    assert "timeout_s=2" in result["reason"]
+    assert time.monotonic() - start < 60
+    left = [p for p in psutil.process_iter(["cmdline"]) if str(tmp_path) in " ".join(p.info["cmdline"] or [])]
+    assert left == []
+
+
+@pytest.mark.parametrize("override, names", [
+    ("batchsize=3", ["batchsize"]),
+    ("batch_size=abc", ["batch_size", "abc"]),
+    ("backend=foo", ["backend/foo", "accelerate", "ds-inference", "ds-zero"]),
+    ("dtype=int4", ["dtype/int4", "bf16", "fp16", "fp32", "int8"]),
+])
+def test_bad_config_fails_before_any_job(tmp_path, cache_dir, override, names):
+    proc = run_runner(["-m", "batch_size=1,2", override, f"hydra.sweep.dir={tmp_path}"], cache_dir)
+    assert proc.returncode != 0
+    assert all(n in proc.stderr for n in names), proc.stderr
+    assert not list(tmp_path.glob("*/job.log"))

@@ -1,0 +1,64 @@
+"""Units: which combinations are invalid and why, and the launcher command each job gets."""
+
+import pytest
+from conftest import ROOT
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from runner.callbacks import sweep_size
+from runner.config import register_configs
+from runner.launch import launcher_command
+from runner.stack import Stack
+from runner.validate import invalid_reason
+
+register_configs()
+STACK = Stack(python="/usr/bin/python3", python_version="3.11", versions={"bitsandbytes": "0.50.2"})
+NO_BNB = Stack(python="/usr/bin/python3", python_version="3.11", versions={"bitsandbytes": None})
+
+
+def config(*overrides: str, num_gpus: int = 1) -> dict:
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = OmegaConf.to_container(compose("config", overrides=list(overrides)), resolve=True)
+    cfg["num_gpus"] = num_gpus if cfg["num_gpus"] is None else cfg["num_gpus"]
+    return cfg
+
+
+@pytest.mark.parametrize("overrides, gpus, stack, expected", [
+    ([], ("0",), STACK, None),
+    (["batch_size=0"], ("0",), STACK, "batch_size=0: must be > 0"),
+    (["new_tokens=-1"], ("0",), STACK, "new_tokens=-1: must be > 0"),
+    (["num_gpus=2"], ("0",), STACK, "num_gpus=2: 1 GPU(s) visible (allowed: 0..1; 0 runs on the CPU)"),
+    (["dtype=int8"], ("0",), NO_BNB, "dtype=int8: bitsandbytes is not installed in stack /usr/bin/python3"),
+    (["dtype=int8", "num_gpus=0"], ("0",), STACK, "dtype=int8: bitsandbytes LLM.int8() needs a CUDA GPU (num_gpus=0)"),
+    (["dtype=int8", "offload=cpu"], ("0",), STACK, "dtype=int8: not combined with offload=cpu (allowed: offload=none)"),
+    (["offload=cpu", "num_gpus=0"], (), STACK, "offload=cpu: needs a GPU to offload from (num_gpus=0 already runs on the CPU)"),
+    (["offload=nvme"], ("0",), STACK, "offload=nvme: offload.path is not set (allowed: an existing writable directory)"),
+    (["offload=nvme", "offload.path=/no/such/dir"], ("0",), STACK, "offload.path=/no/such/dir: no such directory"),
+    (["model=checkpoint"], ("0",), STACK, "model.path is not set (allowed: a local checkpoint directory or a hub name)"),
+    (["model=checkpoint", "model.path=/no/such/model"], ("0",), STACK, "model.path=/no/such/model: no such directory"),
+    (["model=checkpoint", "model.path=bigscience/bloom-560m"], ("0",), STACK, None),
+    (["backend.gpu0_weights=0.0"], ("0",), STACK, "backend.gpu0_weights=0.0: keeping GPU 0 free of weights needs num_gpus >= 2"),
+    (["backend.gpu0_weights=0.0", "num_gpus=2"], ("0", "1"), STACK, None),
+])
+def test_invalid_reason(overrides, gpus, stack, expected):
+    assert invalid_reason(config(*overrides), stack, gpus) == expected
+
+
+def test_nvme_offload_to_an_existing_directory_is_valid(tmp_path):
+    assert invalid_reason(config("offload=nvme", f"offload.path={tmp_path}"), STACK, ("0",)) is None
+
+
+def test_accelerate_command_uses_the_real_cli_on_the_jobs_gpus():
+    cfg = config("num_gpus=2")
+    cmd = launcher_command(cfg, "/env/bin/python", "/sweep/0", ("4", "5", "6"))
+    assert cmd[:4] == ["/env/bin/python", "-m", "accelerate.commands.accelerate_cli", "launch"]
+    assert cmd[cmd.index("--gpu_ids") + 1] == "4,5"
+    assert cmd[cmd.index("--num_processes") + 1] == "1"
+    assert cmd[-3:] == ["--module", "backends.worker", "/sweep/0"]
+    cpu = launcher_command(config(num_gpus=0), "/env/bin/python", "/sweep/0", ())
+    assert "--cpu" in cpu and "--gpu_ids" not in cpu
+
+
+def test_sweep_size_counts_the_cartesian_product():
+    assert sweep_size(["backend=accelerate,ds-inference", "batch_size=1,8,64", "dtype=bf16"]) == 6
+    assert sweep_size(["new_tokens=10"]) == 1
