@@ -6,9 +6,7 @@ from collections import Counter
 
 import psutil
 import torch
-from accelerate import init_empty_weights
-from accelerate.utils import compute_module_sizes
-from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
 TORCH_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.float16}
 
@@ -22,25 +20,15 @@ class AccelerateBackend:
         self.info: dict = {}
         self.offload_dir = None
 
-    def _weights_bytes(self) -> int:
-        with init_empty_weights():
-            meta = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(self.checkpoint))
-        dtype = torch.int8 if self.config["dtype"]["name"] == "int8" else TORCH_DTYPE[self.config["dtype"]["name"]]
-        return compute_module_sizes(meta, dtype=dtype)[""]
-
-    def max_memory(self) -> dict:
-        """Per-device weight budgets for device_map="auto" (the seed's get_max_memory_per_gpu_dict)."""
-        n, backend, offload = self.config["num_gpus"], self.config["backend"], self.config["offload"]["name"]
-        if offload != "none":
-            resident = int(backend["resident_gib"] * 2**30)
-            if n == 0:
-                return {"cpu": resident}
-            return {0: resident, "cpu": psutil.virtual_memory().available if offload == "cpu" else 0}
-        # An even split plus 10% (weights are not evenly sized); GPU 0 takes `gpu0_weights` of a share.
-        share = self._weights_bytes() * 1.10 / (n - 1 + backend["gpu0_weights"])
-        budget = {i: int(share) for i in range(n)}
-        budget[0] = int(share * backend["gpu0_weights"])
-        return budget
+    def max_memory(self) -> dict | None:
+        """Weight budgets when offloading: `resident_gib` on the execution device, the rest on CPU or disk."""
+        n, offload = self.config["num_gpus"], self.config["offload"]["name"]
+        if offload == "none":
+            return None  # accelerate's own budget: every GPU's free memory
+        resident = int(self.config["backend"]["resident_gib"] * 2**30)
+        if n == 0:
+            return {"cpu": resident}
+        return {0: resident, "cpu": psutil.virtual_memory().available if offload == "cpu" else 0}
 
     def load(self) -> None:
         cfg = self.config
@@ -53,7 +41,7 @@ class AccelerateBackend:
         if cfg["num_gpus"] == 0 and cfg["offload"]["name"] == "none":
             kwargs["device_map"] = {"": "cpu"}
         else:
-            kwargs["device_map"] = "auto"
+            kwargs["device_map"] = cfg["backend"]["device_map"] if cfg["offload"]["name"] == "none" else "auto"
             kwargs["max_memory"] = self.max_memory()
         if cfg["offload"]["name"] == "nvme":
             self.offload_dir = os.path.join(cfg["offload"]["path"], f"infersweep-offload-{os.getpid()}")

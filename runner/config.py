@@ -13,9 +13,10 @@ from omegaconf import MISSING
 @dataclass
 class AccelerateConfig:
     name: str = "accelerate"
-    # Share of an even split of the weights that GPU 0 may hold: 0.0 keeps GPU 0 for activations
-    # and the KV cache only (the seed's trick for int8 on 4 GPUs).
-    gpu0_weights: float = 1.0
+    # Accelerate's placement of the layers over the GPUs: auto | balanced | balanced_low_0 | sequential.
+    # balanced_low_0 keeps GPU 0 nearly free of weights for activations and the KV cache (the seed's
+    # trick for int8 on 4 GPUs).
+    device_map: str = "auto"
     # GiB of weights kept on the execution device (GPU 0, or the CPU when num_gpus=0) when
     # offload=cpu|nvme; the rest is streamed from CPU RAM or disk at every forward.
     resident_gib: float = 1.0

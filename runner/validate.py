@@ -5,6 +5,7 @@ from pathlib import Path
 from runner.stack import Stack
 
 IMPLEMENTED_BACKENDS = ("accelerate",)
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 
 
 def _positive(config: dict) -> str | None:
@@ -28,11 +29,11 @@ def _backend(config: dict) -> str | None:
     if name not in IMPLEMENTED_BACKENDS:
         return f"backend={name}: not implemented yet (implemented: {', '.join(IMPLEMENTED_BACKENDS)})"
     if name == "accelerate":
-        share = config["backend"]["gpu0_weights"]
-        if not 0.0 <= share <= 1.0:
-            return f"backend.gpu0_weights={share}: must be in [0, 1]"
-        if share == 0.0 and config["num_gpus"] < 2:
-            return "backend.gpu0_weights=0.0: keeping GPU 0 free of weights needs num_gpus >= 2"
+        device_map = config["backend"]["device_map"]
+        if device_map not in DEVICE_MAPS:
+            return f"backend.device_map={device_map}: allowed: {', '.join(DEVICE_MAPS)}"
+        if device_map == "balanced_low_0" and config["num_gpus"] < 2:
+            return "backend.device_map=balanced_low_0: keeping GPU 0 free of weights needs num_gpus >= 2"
     return None
 
 

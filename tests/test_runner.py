@@ -96,3 +96,15 @@ def test_bad_config_fails_before_any_job(tmp_path, cache_dir, override, names):
     assert proc.returncode != 0
     assert all(n in proc.stderr for n in names), proc.stderr
     assert not list(tmp_path.glob("*/job.log"))
+
+
+def test_nvme_offload_streams_weights_from_disk(tmp_path, cache_dir):
+    nvme = tmp_path / "nvme"
+    nvme.mkdir()
+    proc = run_runner(["offload=nvme", f"offload.path={nvme}", "backend.resident_gib=0.0001", *FAST,
+                       f"hydra.run.dir={tmp_path / 'job'}"], cache_dir)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / "job" / "result.json").read_text())
+    assert result["status"] == "ok", result["reason"]
+    assert "disk" in result["backend_info"]["device_map"]
+    assert list(nvme.iterdir()) == []  # the offload folder is cleaned up after the job

@@ -37,8 +37,11 @@ def config(*overrides: str, num_gpus: int = 1) -> dict:
     (["model=checkpoint"], ("0",), STACK, "model.path is not set (allowed: a local checkpoint directory or a hub name)"),
     (["model=checkpoint", "model.path=/no/such/model"], ("0",), STACK, "model.path=/no/such/model: no such directory"),
     (["model=checkpoint", "model.path=bigscience/bloom-560m"], ("0",), STACK, None),
-    (["backend.gpu0_weights=0.0"], ("0",), STACK, "backend.gpu0_weights=0.0: keeping GPU 0 free of weights needs num_gpus >= 2"),
-    (["backend.gpu0_weights=0.0", "num_gpus=2"], ("0", "1"), STACK, None),
+    (["backend.device_map=balanced_low_0"], ("0",), STACK,
+     "backend.device_map=balanced_low_0: keeping GPU 0 free of weights needs num_gpus >= 2"),
+    (["backend.device_map=balanced_low_0", "num_gpus=2"], ("0", "1"), STACK, None),
+    (["backend.device_map=round_robin"], ("0",), STACK,
+     "backend.device_map=round_robin: allowed: auto, balanced, balanced_low_0, sequential"),
 ])
 def test_invalid_reason(overrides, gpus, stack, expected):
     assert invalid_reason(config(*overrides), stack, gpus) == expected
