@@ -47,7 +47,8 @@ class AccelerateBackend:
             self.offload_dir = os.path.join(cfg["offload"]["path"], f"infersweep-offload-{os.getpid()}")
             kwargs["offload_folder"] = self.offload_dir
         self.model = AutoModelForCausalLM.from_pretrained(self.checkpoint, **kwargs).eval()
-        device_map = getattr(self.model, "hf_device_map", kwargs["device_map"])
+        # transformers sets hf_device_map only when accelerate dispatched the model over several devices.
+        device_map = getattr(self.model, "hf_device_map", None) or {"": next(self.model.parameters()).device}
         placement = Counter(str(d) for d in device_map.values())
         self.info = {"device_map": dict(placement), "dtype": str(kwargs["dtype"])}
         if cfg["dtype"]["name"] == "int8":
