@@ -16,13 +16,16 @@ from pathlib import Path
 import torch
 
 from backends.env import collect_env
-from backends.measure import measure, synchronize
+from backends.measure import measure, prompts, synchronize
 from backends.synthetic import checkpoint_dir
 from runner.progress import PHASE_FILE
 from runner.result import new_result, write_result
+from runner.session import SESSION_MARKER, STOP_FILE, job_file
 
 BACKENDS = {
     "accelerate": "backends.accelerate:AccelerateBackend",
+    "ds-inference": "backends.ds_inference:DSInferenceBackend",
+    "ds-zero": "backends.ds_zero:DSZeroBackend",
 }
 
 OOM_MESSAGES = ("out of memory", "can't allocate memory", "cublas_status_alloc_failed", "cannot allocate memory",
@@ -53,7 +56,53 @@ def make_backend(config: dict):
     return getattr(importlib.import_module(module), cls)(config, str(checkpoint_dir(config)))
 
 
-def run(job: dict, job_dir: Path) -> dict:
+def logits_probe(backend, config: dict, vocab: int, stream: int) -> dict:
+    """Top-5 next-token logits after the first prompt of the stream: what two backends must agree on
+    when they compute the same function (greedy ids from random weights degenerate and prove little)."""
+    ids, mask = prompts(config, vocab, stream, backend.input_device())
+    with torch.no_grad():
+        logits = backend.model(input_ids=ids[:1], attention_mask=mask[:1]).logits[0, -1].float().cpu()
+    top = torch.topk(logits, 5)
+    return {"ids": top.indices.tolist(), "logits": [round(v, 5) for v in top.values.tolist()]}
+
+
+def gather_ranks(fields: dict) -> dict:
+    """Multi-rank jobs: every rank's own figures, gathered to rank 0. It is also the point where rank 0
+    knows that every rank finished: a rank that failed never gets here, and the launcher kills the rest."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return {}
+    mine = {"rank": rank(), "ms_per_token_per_stream": fields["ms_per_token_per_stream"],
+            "peak_mem_gib": fields["peak_mem_gib"], "load_s": fields["load_s"],
+            "prompt_logits_top5": fields["prompt_logits_top5"]}
+    ranks = [None] * dist.get_world_size()
+    dist.all_gather_object(ranks, mine)
+    return {"per_rank": ranks}
+
+
+def claim_result(job_dir: Path, result: dict) -> bool:
+    """Write result.json unless a rank already did (os.link never replaces): the first rank to fail
+    reports the job, rather than a peer that only saw it die."""
+    tmp = job_dir / f".result.rank{rank()}.json"
+    with open(tmp, "w") as f:
+        json.dump(result, f, indent=2, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    try:
+        os.link(tmp, job_dir / "result.json")
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# The loaded backend and its load time; kept across jobs only when serving a session.
+_loaded: dict = {}
+
+
+def run(job: dict, job_dir: Path, serving: bool = False) -> dict:
     config = job["config"]
 
     def phase(text: str) -> None:
@@ -62,19 +111,32 @@ def run(job: dict, job_dir: Path) -> dict:
                 f.write(text + "\n")
 
     fields = {"env": collect_env()}
-    backend = None
+    backend = _loaded.get("backend")
     try:
-        backend = make_backend(config)
-        if config["host_mem_limit_gib"] is not None:
-            limit_host_memory(config["host_mem_limit_gib"])
-        phase("loading")
-        start = time.perf_counter()
-        backend.load()
-        synchronize()
-        fields["load_s"] = time.perf_counter() - start
+        if backend is None:
+            backend = make_backend(config)
+            if config["host_mem_limit_gib"] is not None:
+                limit_host_memory(config["host_mem_limit_gib"])
+            if hasattr(backend, "prepare"):  # untimed: process group, files written once per checkpoint
+                phase("preparing")
+                backend.prepare()
+            phase("loading")
+            start = time.perf_counter()
+            backend.load()
+            synchronize()
+            _loaded.update(load_s=time.perf_counter() - start, first_job=job["job"])
+            if serving:
+                _loaded["backend"] = backend
+        fields["load_s"] = _loaded["load_s"]
+        fields["model_loaded_by_job"] = _loaded["first_job"]
         fields["backend_info"] = backend.info
         vocab = backend.model.config.vocab_size
-        fields.update(measure(backend, config, vocab, stream=rank(), phase=phase))
+        # Distinct prompts per rank only where ranks generate distinct streams (ZeRO); tensor-parallel
+        # ranks must all see the same batch.
+        stream = rank() if backend.streams > 1 else 0
+        fields.update(measure(backend, config, vocab, stream=stream, phase=phase))
+        fields["prompt_logits_top5"] = logits_probe(backend, config, vocab, stream)
+        fields.update(gather_ranks(fields))
         return new_result(job, "ok", **fields)
     except BaseException as exc:  # noqa: BLE001 -- every failure must become a result
         traceback.print_exc()
@@ -82,18 +144,41 @@ def run(job: dict, job_dir: Path) -> dict:
         fields["backend_info"] = backend.info if backend is not None else {}
         return new_result(job, "oom" if is_oom(exc) else "error", last, **fields)
     finally:
-        if backend is not None and hasattr(backend, "close"):
+        if backend is not None and not serving and hasattr(backend, "close"):
             backend.close()
 
 
-def main(job_dir: Path) -> int:
+def main(job_dir: Path, serving: bool = False) -> int:
     job = json.loads((job_dir / "job.json").read_text())
-    result = run(job, job_dir)
-    if rank() == 0:
-        write_result(job_dir, result)
+    result = run(job, job_dir, serving)
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        if rank() == 0:
+            write_result(job_dir, result)
+    elif result["status"] == "ok":
+        if rank() == 0:  # after gather_ranks: every rank finished
+            claim_result(job_dir, result)
+    else:  # any rank: OOM on rank 3 is the job's `oom`; the launcher then ends the other ranks
+        claim_result(job_dir, result)
     print(f"worker rank {rank()}: {result['status']} {result['reason']}", flush=True)
     return 0 if result["status"] == "ok" else 1
 
 
+def serve(session_dir: Path) -> int:
+    """Measure the jobs the runner hands over one by one (runner/session.py), the model loaded once.
+    A job that does not end `ok` ends the session: its CUDA state, or its peers, cannot be trusted."""
+    n = 0
+    while True:
+        path = job_file(session_dir, n)
+        while not path.exists():
+            if (session_dir / STOP_FILE).exists():
+                return 0
+            time.sleep(0.05)
+        code = main(Path(path.read_text()), serving=True)
+        if code != 0:
+            return code
+        n += 1
+
+
 if __name__ == "__main__":
-    sys.exit(main(Path(sys.argv[-1])))
+    target = Path(sys.argv[-1])
+    sys.exit(serve(target) if (target / SESSION_MARKER).exists() else main(target))

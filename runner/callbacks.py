@@ -10,6 +10,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from runner.job import SWEEP_FILE, new_run_id
+from runner.session import close_session
 
 TABLE_FILE = "seed_table.csv"
 
@@ -31,6 +32,7 @@ class SweepTable(Callback):
         path.write_text(json.dumps(info))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        close_session()
         from analysis.results import load_results
         from analysis.tables import seed_table
 

@@ -26,14 +26,25 @@ class AccelerateConfig:
 @dataclass
 class DSInferenceConfig:
     name: str = "ds-inference"
+    # auto: DeepSpeed's fused kernels where it supports the architecture and the transformers version
+    # (and there is a GPU), AutoTP otherwise; true: kernels or `invalid`; false: AutoTP always.
     kernel_inject: str = "auto"
+    # enable_cuda_graph: only where the kernel path supports it (DeepSpeed refuses it for BLOOM).
     cuda_graph: bool = False
+    # Load a TP-pre-sharded checkpoint (one file set per rank), written once per (model, dtype,
+    # world size, path) under cache_dir the first time, outside load_s; false: load the original.
     pre_sharded: bool = False
 
 
 @dataclass
 class DSZeroConfig:
     name: str = "ds-zero"
+    # The seed's ZeRO-3 buckets, in elements, as multiples of hidden_size**2 (made ints: DeepSpeed's
+    # config validator rejects floats).
+    reduce_bucket: float = 1.0
+    prefetch_bucket: float = 0.9
+    # offload=nvme: how many swap buffers, each sized to the largest parameter.
+    nvme_buffer_count: int = 5
 
 
 @dataclass
@@ -70,11 +81,17 @@ class SweepConfig:
     model: ModelConfig = MISSING
     # null: 1 when a GPU is visible, else 0 (run on the CPU).
     num_gpus: int | None = None
+    # Processes the DeepSpeed backends start when num_gpus=0 (tensor parallelism or ZeRO over CPU
+    # ranks, gloo); on GPUs the world size is num_gpus. Accelerate always runs one process.
+    cpu_ranks: int = 1
     batch_size: int = 1
     new_tokens: int = 100
     prompt_tokens: int = 8
     repeats: int = 3
     timeout_s: float = 600.0
+    # false: consecutive jobs that differ only in batch_size, new_tokens, prompt_tokens, repeats or
+    # timeout_s share one launched worker that loads the model once (load_s is that one load).
+    isolate: bool = True
     # Python interpreter the job's launcher runs under; null: the runner's own.
     stack: str | None = None
     seed: int = 0

@@ -12,6 +12,7 @@ from backends.synthetic import checkpoint_ready
 from runner.launch import launcher_command, run_process
 from runner.progress import PHASE_FILE, Progress, job_label
 from runner.result import RESULT_FILE, new_result, read_result, write_result
+from runner.session import WorkerSession, session_for, session_key
 from runner.stack import interpreter, probe, visible_gpus
 from runner.validate import invalid_reason
 
@@ -46,6 +47,19 @@ def _sweep_position() -> tuple:
 def _last_line(log_path: Path) -> str:
     lines = [line.strip() for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
     return lines[-1] if lines else "no output"
+
+
+def _run_in_session(job: dict, job_dir: Path, python: str, progress: Progress) -> int | None:
+    """isolate=false: measure in the worker that already holds this model, or start one."""
+    config, key = job["config"], session_key(job["config"])
+    session_dir = job_dir / "session"
+    session = session_for(key, lambda: WorkerSession(
+        key, launcher_command(config, python, session_dir, visible_gpus()), session_dir))
+    job["log"] = str(session.log_path)
+    (job_dir / JOB_FILE).write_text(json.dumps(job, indent=2))
+    with open(job_dir / LOG_FILE, "a") as log:
+        log.write(f"measured in the shared worker of {session.session_dir}; its log: {session.log_path}\n")
+    return session.run(job_dir, config["timeout_s"], progress.tick)
 
 
 def run_job(cfg: DictConfig) -> dict:
@@ -83,8 +97,11 @@ def _run(job: dict, job_dir: Path, log_path: Path, progress: Progress) -> dict:
             return new_result(job, "error", f"building the synthetic checkpoint failed: {_last_line(log_path)}")
 
     progress.phase("launching")
-    cmd = launcher_command(config, python, job_dir, visible_gpus())
-    rc = run_process(cmd, log_path, config["timeout_s"], on_tick=progress.tick)
+    if config["isolate"]:
+        cmd = launcher_command(config, python, job_dir, visible_gpus())
+        rc = run_process(cmd, log_path, config["timeout_s"], on_tick=progress.tick)
+    else:
+        rc = _run_in_session(job, job_dir, python, progress)
     progress.tick()
     result = read_result(job_dir)
     if result is not None:
