@@ -8,20 +8,57 @@ import pandas as pd
 from runner.result import RESULT_FILE, read_result
 
 
-def load_results(dirs: Iterable[Path]) -> pd.DataFrame:
-    """One row per result; nested keys flattened with dots (config.backend.name, env.gpu_name, ...).
-
-    A corrupt result file is reported on stderr by name and left out.
-    """
-    rows = []
+def read_results(dirs: Iterable[Path]) -> list[dict]:
+    """Every result under `dirs`, as stored. A corrupt result file is reported on stderr by name and left out."""
+    results = []
     for d in dirs:
         for path in sorted(Path(d).rglob(RESULT_FILE)):
             try:
-                result = read_result(path.parent)
+                results.append(read_result(path.parent))
             except ValueError as e:
                 print(f"skipping {e}", file=sys.stderr)
-                continue
-            rows.append(result)
-    if not rows:
+    return results
+
+
+def frame(results: list[dict]) -> pd.DataFrame:
+    """One row per result; nested keys flattened with dots (config.backend.name, env.gpu_name, ...),
+    plus `hardware` (see `hardware`)."""
+    if not results:
         return pd.DataFrame()
-    return pd.json_normalize(rows)
+    df = pd.json_normalize(results)
+    return df.assign(hardware=hardware(df))
+
+
+def load_results(dirs: Iterable[Path]) -> pd.DataFrame:
+    """One row per result under `dirs` (see `frame`)."""
+    return frame(read_results(dirs))
+
+
+def hardware(df: pd.DataFrame) -> pd.Series:
+    """What a job ran on: "<count>x <GPU name>" where it had a GPU, else "cpu@<hostname>".
+
+    A job that never launched (invalid) has no env; it takes the hardware of the other jobs of its run.
+    """
+    none = pd.Series(None, index=df.index, dtype=object)
+    gpus, counts, hosts = (df.get(f"env.{k}", none) for k in ("gpu_name", "gpu_count", "hostname"))
+    hw = pd.Series([f"{int(n)}x {g}" if pd.notna(g) else f"cpu@{h}" if pd.notna(h) else None
+                    for g, n, h in zip(gpus, counts, hosts)], index=df.index, dtype=object)
+    return hw.fillna(df["run_id"].map(hw.dropna().groupby(df["run_id"]).first()))
+
+
+VERSIONS = ("torch", "transformers", "accelerate", "deepspeed", "bitsandbytes")
+
+
+def sweep_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per run: run_id, started (earliest job timestamp), hardware, host, gpu, library versions,
+    job count and statuses ("3 ok, 1 oom")."""
+    def first(jobs: pd.DataFrame, col: str) -> object:
+        values = jobs[col].dropna() if col in jobs else []
+        return values.iloc[0] if len(values) else None
+
+    return pd.DataFrame([
+        {"run_id": run_id, "started": jobs["timestamp"].min(), "hardware": first(jobs, "hardware"),
+         "host": first(jobs, "env.hostname"), "gpu": first(jobs, "env.gpu_name"),
+         **{lib: first(jobs, f"env.{lib}") for lib in VERSIONS}, "jobs": len(jobs),
+         "statuses": ", ".join(f"{n} {s}" for s, n in jobs["status"].value_counts().items())}
+        for run_id, jobs in df.groupby("run_id", sort=False)])
