@@ -1,6 +1,7 @@
 """The launcher command for a job, and running it as one process tree under a timeout."""
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -22,7 +23,44 @@ def launcher_command(config: dict, python: str, job_dir: Path, gpu_ids: tuple) -
                "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
         cmd += ["--cpu"] if n == 0 else ["--gpu_ids", ",".join(gpu_ids[:n])]
         return cmd + ["--module", WORKER, str(job_dir)]
+    if backend in ("ds-inference", "ds-zero"):
+        return deepspeed_command(config, python, job_dir, gpu_ids)
     raise ValueError(f"backend={backend}: no launcher")
+
+
+def world_size(config: dict) -> int:
+    """Ranks a DeepSpeed job starts: one per GPU, or `cpu_ranks` processes on the CPU."""
+    return config["num_gpus"] or config["cpu_ranks"]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def deepspeed_command(config: dict, python: str, job_dir: Path, gpu_ids: tuple) -> list:
+    """`deepspeed --num_gpus N --module backends.worker JOB_DIR` (the CLI's own module, run by the stack's
+    interpreter so the launcher and its ranks use the stack's DeepSpeed).
+
+    Environment, set on the command line so that the log shows it: OMP_NUM_THREADS = cores / ranks
+    (CPU ranks otherwise oversubscribe the cores many times over); on the CPU, LOCAL_SIZE = ranks, which
+    is how DeepSpeed's CPU accelerator counts its "devices" (without it the launcher sees one per NUMA
+    node and refuses --num_gpus 2), and DS_ACCELERATOR=cpu so that a GPU box honours num_gpus=0.
+    """
+    n, world = config["num_gpus"], world_size(config)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    env = [f"OMP_NUM_THREADS={max(1, cores // world)}"]
+    if n == 0:
+        env += [f"LOCAL_SIZE={world}", "DS_ACCELERATOR=cpu"]
+    cmd = ["env", *env, python, "-m", "deepspeed.launcher.runner"]
+    ids = tuple(gpu_ids[:n])
+    if n == 0 or ids == tuple(str(i) for i in range(n)):
+        cmd += ["--num_gpus", str(world)]
+    else:  # GPUs that are not the first n: name them (DeepSpeed ignores CUDA_VISIBLE_DEVICES with --num_gpus)
+        cmd += ["--include", "localhost:" + ",".join(ids)]
+    # --no_local_rank: ranks read LOCAL_RANK from the environment; the job dir stays the last argument.
+    return cmd + ["--no_local_rank", "--master_port", str(free_port()), "--module", WORKER, str(job_dir)]
 
 
 def job_environment() -> dict:

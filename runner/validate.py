@@ -1,10 +1,11 @@
 """Which jobs cannot run, and why: each check returns a one-line reason that names the key."""
+import json
 import os
 from pathlib import Path
 
 from runner.stack import Stack
 
-IMPLEMENTED_BACKENDS = ("accelerate",)
+IMPLEMENTED_BACKENDS = ("accelerate", "ds-inference", "ds-zero")
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 
 
@@ -24,10 +25,14 @@ def _gpus(config: dict, gpus: tuple) -> str | None:
     return None
 
 
-def _backend(config: dict) -> str | None:
+def _backend(config: dict, stack: Stack) -> str | None:
     name = config["backend"]["name"]
     if name not in IMPLEMENTED_BACKENDS:
         return f"backend={name}: not implemented yet (implemented: {', '.join(IMPLEMENTED_BACKENDS)})"
+    if name in ("ds-inference", "ds-zero"):
+        return _deepspeed(config, stack)
+    if config["num_gpus"] == 0 and config["cpu_ranks"] != 1:
+        return f"cpu_ranks={config['cpu_ranks']}: backend={name} runs one process (allowed: cpu_ranks=1)"
     if name == "accelerate":
         device_map = config["backend"]["device_map"]
         if device_map not in DEVICE_MAPS:
@@ -37,8 +42,93 @@ def _backend(config: dict) -> str | None:
     return None
 
 
+# Newest transformers whose BLOOM modelling code DeepSpeed's fused-kernel container accepts
+# (deepspeed/module_inject/containers/bloom.py refuses anything newer).
+DS_BLOOM_MAX_TRANSFORMERS = (4, 43)
+KERNEL_INJECT = ("auto", "true", "false")
+
+
+def model_type(config: dict) -> str | None:
+    """The architecture the job loads: bloom for the synthetic shapes, config.json's for a local dir."""
+    model = config["model"]
+    if model["source"] == "synthetic":
+        return "bloom"
+    path = Path(model["path"] or "").expanduser() / "config.json"
+    try:
+        return json.loads(path.read_text()).get("model_type")
+    except (OSError, ValueError):
+        return None  # a hub name: decided in the worker
+
+
+def kernel_inject_mode(config: dict) -> str:
+    """backend.kernel_inject as auto|true|false (Hydra turns a typed true into the string "True")."""
+    return str(config["backend"]["kernel_inject"]).strip().lower()
+
+
+def _version_tuple(version: str | None) -> tuple:
+    parts = []
+    for part in (version or "0").split(".")[:2]:
+        digits = "".join(c for c in part if c.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
+
+
+def bloom_kernels_refused(stack: Stack) -> bool:
+    return _version_tuple(stack.versions.get("transformers")) > DS_BLOOM_MAX_TRANSFORMERS
+
+
+def _deepspeed(config: dict, stack: Stack) -> str | None:
+    """ds-inference and ds-zero: what DeepSpeed (on this stack) cannot do, named."""
+    name, dtype, offload = config["backend"]["name"], config["dtype"]["name"], config["offload"]["name"]
+    if not stack.has("deepspeed"):
+        return f"backend={name}: deepspeed is not installed in stack {stack.python}"
+    if config["cpu_ranks"] < 1:
+        return f"cpu_ranks={config['cpu_ranks']}: must be >= 1"
+    if name == "ds-zero":
+        if dtype == "int8":
+            return "dtype=int8: ZeRO-3 inference has no int8 weights (allowed: fp32, bf16, fp16)"
+        return None
+    # ds-inference
+    if offload != "none":
+        return (f"offload={offload}: DeepSpeed-Inference keeps all weights on the GPUs (tensor parallel), "
+                "no offload (allowed: offload=none; offload is ds-zero's or accelerate's)")
+    mode = kernel_inject_mode(config)
+    if mode not in KERNEL_INJECT:
+        return f"backend.kernel_inject={config['backend']['kernel_inject']}: allowed: {', '.join(KERNEL_INJECT)}"
+    gpu = config["num_gpus"] > 0
+    arch = model_type(config)
+    refused = arch == "bloom" and bloom_kernels_refused(stack)
+    refusal = (f"DeepSpeed refuses BLOOM kernel injection on transformers {stack.versions.get('transformers')} "
+               "(> 4.43.4; use a stack with transformers 4.43.4, see README)")
+    kernels = mode == "true" or (mode == "auto" and gpu and not refused)
+    if mode == "true" and not gpu:
+        return "backend.kernel_inject=true: DeepSpeed's fused inference kernels need a CUDA GPU (num_gpus=0)"
+    if mode == "true" and refused:
+        return f"backend.kernel_inject=true: {refusal}"
+    if dtype == "int8":
+        if not gpu:
+            return "dtype=int8: DeepSpeed-Inference int8 needs its fused CUDA kernels (num_gpus=0)"
+        if refused:
+            return f"dtype=int8: DeepSpeed-Inference int8 needs kernel injection, and {refusal}"
+        if not kernels:
+            return "dtype=int8: DeepSpeed-Inference int8 needs kernel injection; AutoTP has no int8 (kernel_inject=false)"
+    if config["backend"]["pre_sharded"] and dtype == "int8":
+        return "backend.pre_sharded=true: not with dtype=int8 (the runner writes fp16/bf16 shards only)"
+    if config["backend"]["cuda_graph"]:
+        if not gpu:
+            return "backend.cuda_graph=true: CUDA graphs need a GPU (num_gpus=0)"
+        if config["num_gpus"] > 1:
+            return "backend.cuda_graph=true: DeepSpeed does not support CUDA graphs with tensor parallelism (num_gpus > 1)"
+        if not kernels:
+            return ("backend.cuda_graph=true: DeepSpeed captures graphs only in kernel-injected layers "
+                    "(kernel_inject=false, or auto resolving to AutoTP here)")
+        if arch == "bloom":
+            return "backend.cuda_graph=true: DeepSpeed refuses enable_cuda_graph with BLOOM kernel injection"
+    return None
+
+
 def _dtype(config: dict, stack: Stack) -> str | None:
-    if config["dtype"]["name"] != "int8":
+    if config["dtype"]["name"] != "int8" or config["backend"]["name"] != "accelerate":  # ds: _deepspeed
         return None
     if not stack.has("bitsandbytes"):
         return f"dtype=int8: bitsandbytes is not installed in stack {stack.python}"
@@ -51,7 +141,9 @@ def _dtype(config: dict, stack: Stack) -> str | None:
 
 def _offload(config: dict) -> str | None:
     offload = config["offload"]
-    if offload["name"] == "cpu" and config["num_gpus"] == 0:
+    # ZeRO's parameter offload is its own code path (partitioned params swapped in per layer): allowed
+    # on the CPU too, where it is a functional test of that path rather than a meaningful measurement.
+    if offload["name"] == "cpu" and config["num_gpus"] == 0 and config["backend"]["name"] != "ds-zero":
         return "offload=cpu: needs a GPU to offload from (num_gpus=0 already runs on the CPU)"
     if offload["name"] == "nvme":
         path = offload["path"]
@@ -80,5 +172,5 @@ def _model(config: dict) -> str | None:
 
 def invalid_reason(config: dict, stack: Stack, gpus: tuple) -> str | None:
     """Why the job described by the resolved `config` cannot run on `stack` and `gpus`, or None."""
-    return (_positive(config) or _gpus(config, gpus) or _backend(config) or _dtype(config, stack)
+    return (_positive(config) or _gpus(config, gpus) or _backend(config, stack) or _dtype(config, stack)
             or _offload(config) or _model(config))

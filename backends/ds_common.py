@@ -1,0 +1,69 @@
+"""What the two DeepSpeed backends share: the process group, devices, dtypes, version checks.
+
+Every rank of a `deepspeed --num_gpus N` job runs this; the launcher sets RANK, LOCAL_RANK, WORLD_SIZE,
+MASTER_ADDR/PORT. On a machine without a GPU DeepSpeed picks its CPU accelerator and gloo.
+"""
+import datetime
+import os
+
+import torch
+import transformers
+
+TORCH_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.float16}
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def global_rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def transformers_version() -> tuple:
+    parts = []
+    for part in transformers.__version__.split(".")[:2]:
+        parts.append(int("".join(c for c in part if c.isdigit()) or 0))
+    return tuple(parts)
+
+
+def dtype_kwargs(dtype: torch.dtype) -> dict:
+    """from_pretrained/from_config's dtype argument: `dtype` since transformers 4.56, `torch_dtype` before
+    (the 4.43.4 stack that DeepSpeed's BLOOM kernels need)."""
+    return {"dtype": dtype} if transformers_version() >= (4, 56) else {"torch_dtype": dtype}
+
+
+def device(config: dict) -> torch.device:
+    return torch.device("cuda", local_rank()) if config["num_gpus"] > 0 else torch.device("cpu")
+
+
+def init_distributed(config: dict) -> None:
+    """Bind this rank to its GPU and join the process group (NCCL on GPUs, gloo on the CPU).
+
+    The collective timeout is the job's timeout: a rank left waiting for a dead peer gives up no later
+    than the runner would kill it (the deepspeed launcher already kills the others when one exits).
+    """
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    if config["num_gpus"] > 0:
+        get_accelerator().set_device(local_rank())
+    deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name(),
+                               timeout=datetime.timedelta(seconds=float(config["timeout_s"])))
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def accelerator_name() -> str:
+    from deepspeed.accelerator import get_accelerator
+
+    return get_accelerator().device_name()

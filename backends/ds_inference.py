@@ -1,0 +1,300 @@
+"""DeepSpeed-Inference: tensor parallelism over every rank of the job (tp_size = world size), with
+DeepSpeed's fused kernels (kernel injection) or its automatic tensor parallelism (AutoTP).
+
+Paths, and how each loads (`backend_info.path` records the one that ran, `path_reason` why):
+
+- kernel_inject: the seed's way. The model is built on the meta device and DeepSpeed streams the
+  weights from a checkpoint description (json listing torch-pickled files; a safetensors-only
+  checkpoint is converted once, outside load_s). BLOOM needs transformers <= 4.43.4 (DeepSpeed's
+  BLOOM container refuses anything newer), hence the `stack` key; CUDA only.
+- autotp: the model is loaded on the host and DeepSpeed shards its linear layers over the ranks and
+  moves them to the device. Works on transformers 5 and on DeepSpeed's CPU accelerator.
+
+pre_sharded=true reloads a TP-pre-sharded checkpoint (one file set per rank): on the kernel path
+DeepSpeed's own format (save_mp_checkpoint_path, as microsoft/bloom-deepspeed-inference-fp16), on
+AutoTP this runner's (each rank's state dict after sharding, reloaded into a meta-built, AutoTP-
+sharded model). The first job that needs one writes it in `prepare()`, outside load_s.
+"""
+import gc
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from backends.ds_common import (
+    TORCH_DTYPE,
+    barrier,
+    device,
+    dtype_kwargs,
+    global_rank,
+    init_distributed,
+    transformers_version,
+    world_size,
+)
+from backends.synthetic import cache_root
+
+# DeepSpeed's BLOOM container refuses transformers newer than this (module_inject/containers/bloom.py).
+BLOOM_KERNEL_MAX_TRANSFORMERS = (4, 43)
+
+
+def kernel_policy_matches(model: torch.nn.Module) -> bool:
+    """Whether one of DeepSpeed's kernel-injection policies knows a layer class of `model`."""
+    from deepspeed.module_inject.replace_policy import replace_policies
+
+    classes = set()
+    for policy in replace_policies:
+        try:
+            policy(None)  # DeepSpeed's own trick: a throw-away instance fills _orig_layer_class
+        except Exception:  # noqa: BLE001, S112 -- a policy whose transformers class is gone does not match
+            continue
+        orig = policy._orig_layer_class
+        classes.update(orig if isinstance(orig, list) else [orig] if orig is not None else [])
+    return any(type(m) in classes for m in model.modules())
+
+
+def _fill_attention_mask(module, args, kwargs):
+    """BLOOM under AutoTP: transformers 5's generate() drops an all-ones mask, and BloomModel then builds
+    the ALiBi tensor for all heads itself instead of through DeepSpeed's head-sharded
+    build_alibi_tensor, which breaks every unpadded batch. An explicit all-ones mask (the same maths)
+    keeps DeepSpeed's path."""
+    if kwargs.get("attention_mask") is not None:
+        return None
+    ids = args[0] if args else kwargs.get("input_ids")
+    if ids is None:
+        ids = kwargs["inputs_embeds"]
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    past = cache.get_seq_length() if cache is not None and hasattr(cache, "get_seq_length") else 0
+    kwargs["attention_mask"] = torch.ones(ids.shape[0], past + ids.shape[1], dtype=torch.long, device=ids.device)
+    return args, kwargs
+
+
+class DSInferenceBackend:
+    streams = 1  # every rank computes a shard of the same batch
+
+    def __init__(self, config: dict, checkpoint: str):
+        self.config, self.checkpoint = config, checkpoint
+        self.model = None
+        self.engine = None
+        self.hf_config = None
+        self.world = world_size()
+        self.dtype = TORCH_DTYPE[config["dtype"]["name"]]
+        self.ds_dtype = torch.int8 if config["dtype"]["name"] == "int8" else self.dtype
+        self.kernels = False
+        self.info: dict = {}
+
+    # -- which path ------------------------------------------------------------------------------
+
+    def _meta_model(self):
+        import deepspeed
+
+        with deepspeed.OnDevice(dtype=self.dtype, device="meta"):
+            return AutoModelForCausalLM.from_config(self.hf_config, **dtype_kwargs(self.dtype))
+
+    def _choose_path(self) -> tuple:
+        """(use kernel injection?, why)."""
+        mode = str(self.config["backend"]["kernel_inject"]).strip().lower()
+        if mode == "false":
+            return False, "kernel_inject=false"
+        if mode == "true":
+            return True, "kernel_inject=true"
+        if self.config["num_gpus"] == 0:
+            return False, "auto: no GPU (DeepSpeed's fused kernels are CUDA only)"
+        version = ".".join(map(str, transformers_version()))
+        if self.hf_config.model_type == "bloom" and transformers_version() > BLOOM_KERNEL_MAX_TRANSFORMERS:
+            return False, f"auto: DeepSpeed refuses BLOOM kernel injection on transformers {version} (> 4.43.4)"
+        if transformers_version() >= (5, 0):
+            return False, f"auto: DeepSpeed's kernel containers target transformers 4.x modelling code ({version})"
+        if not kernel_policy_matches(self._meta_model()):
+            return False, f"auto: no DeepSpeed kernel policy for model_type={self.hf_config.model_type}"
+        return True, f"auto: DeepSpeed kernel policy for model_type={self.hf_config.model_type}"
+
+    # -- files written once ----------------------------------------------------------------------
+
+    def _cache_key(self) -> str:
+        path = Path(self.checkpoint).expanduser()
+        digest = hashlib.sha1(str(path.resolve() if path.exists() else path).encode()).hexdigest()[:8]
+        return f"{path.name}-{digest}"
+
+    def _shard_dir(self) -> Path:
+        kind = "ds" if self.kernels else "autotp"
+        return (cache_root(self.config) / "ds-inference" / "pre-sharded"
+                / f"{self._cache_key()}-{kind}-tp{self.world}-{self.config['dtype']['name']}")
+
+    def _local_checkpoint(self) -> Path:
+        path = Path(self.checkpoint).expanduser()
+        if path.is_dir():
+            return path
+        from huggingface_hub import snapshot_download  # a hub name: its files in the local hub cache
+
+        return Path(snapshot_download(self.checkpoint))
+
+    def _torch_checkpoint(self) -> tuple:
+        """(base_dir, file names) of torch-pickled weights: DeepSpeed's kernel path torch.load()s them."""
+        src = self._local_checkpoint()
+        pickled = sorted(p.name for p in src.iterdir() if p.suffix in (".bin", ".pt") and "training_args" not in p.name)
+        if pickled:
+            return src, pickled
+        target = cache_root(self.config) / "ds-inference" / "pt" / self._cache_key()
+        names = sorted(p.with_suffix(".pt").name for p in src.glob("*.safetensors"))
+        if not names:
+            raise FileNotFoundError(f"no weights (*.bin, *.pt, *.safetensors) in {src}")
+        if global_rank() == 0 and not (target / ".done").exists():
+            from safetensors.torch import load_file
+
+            target.mkdir(parents=True, exist_ok=True)
+            for f in sorted(src.glob("*.safetensors")):
+                torch.save(load_file(str(f)), target / f.with_suffix(".pt").name)
+            (target / ".done").touch()
+        barrier()
+        return target, names
+
+    def _checkpoint_json(self, base: Path, files: list) -> Path:
+        kind = "BLOOM" if self.hf_config.model_type == "bloom" else "ds_model"
+        path = cache_root(self.config) / "ds-inference" / f"{self._cache_key()}-checkpoints.json"
+        if global_rank() == 0:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}")
+            tmp.write_text(json.dumps({"type": kind, "checkpoints": files, "version": 1.0}))
+            os.replace(tmp, path)
+        barrier()
+        return path
+
+    def _finish_shards(self, tmp: Path, final: Path) -> None:
+        """All ranks have written into tmp: rank 0 moves it into place (atomically) for every later job."""
+        barrier()
+        if global_rank() == 0:
+            config_file = tmp / "ds_inference_config.json"
+            if config_file.exists():  # DeepSpeed's format records its directory: point it at the final one
+                meta = json.loads(config_file.read_text())
+                meta["base_dir"] = str(final)
+                config_file.write_text(json.dumps(meta))
+            (tmp / ".done").touch()
+            if final.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                os.rename(tmp, final)
+        barrier()
+
+    def _write_shards(self, final: Path) -> None:
+        tmp = final.with_name(f".{final.name}.{os.environ.get('MASTER_PORT', os.getpid())}.tmp")
+        tmp.mkdir(parents=True, exist_ok=True)
+        if self.kernels:
+            base, files = self._torch_checkpoint()
+            engine = self._init_kernels(self._meta_model(), self._checkpoint_json(base, files), base,
+                                        save_to=tmp, cuda_graph=False)
+        else:
+            engine = self._init_autotp(self._load_full())
+            model = engine.module
+            state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+            buffers = {k: v.detach().cpu() for k, v in model.named_buffers(remove_duplicate=False)
+                       if k not in state}
+            torch.save({"state": state, "buffers": buffers}, tmp / f"rank{global_rank():03d}.pt")
+            (tmp / "meta.json").write_text(json.dumps({"tp_size": self.world, "dtype": str(self.dtype)}))
+        self._release(engine)
+        self._finish_shards(tmp, final)
+
+    # -- DeepSpeed ---------------------------------------------------------------------------------
+
+    def _init_kernels(self, model, checkpoint_json: Path, base_dir: Path, save_to: Path | None = None,
+                      cuda_graph: bool | None = None):
+        import deepspeed
+
+        kwargs = {}
+        if save_to is not None:
+            kwargs["save_mp_checkpoint_path"] = str(save_to)
+        graph = self.config["backend"]["cuda_graph"] if cuda_graph is None else cuda_graph
+        return deepspeed.init_inference(model.eval(), tensor_parallel={"tp_size": self.world}, dtype=self.ds_dtype,
+                                        replace_with_kernel_inject=True, enable_cuda_graph=bool(graph),
+                                        base_dir=str(base_dir), checkpoint=str(checkpoint_json), **kwargs)
+
+    def _init_autotp(self, model):
+        import deepspeed
+
+        if self.config["backend"]["cuda_graph"]:
+            raise ValueError("backend.cuda_graph=true: DeepSpeed captures CUDA graphs only in kernel-injected layers "
+                             f"({self.info.get('path_reason')})")
+        return deepspeed.init_inference(model.eval(), tensor_parallel={"tp_size": self.world}, dtype=self.dtype,
+                                        replace_with_kernel_inject=False)
+
+    def _load_full(self):
+        return AutoModelForCausalLM.from_pretrained(self.checkpoint, **dtype_kwargs(self.dtype))
+
+    def _release(self, engine) -> None:
+        if self.kernels:  # frees the fused kernels' workspace; the next engine allocates its own
+            engine.destroy()
+        del engine
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    # -- the backend protocol -----------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Untimed: join the process group, choose the path, write what is written once."""
+        init_distributed(self.config)
+        self.hf_config = AutoConfig.from_pretrained(self.checkpoint)
+        self.kernels, reason = self._choose_path()
+        self.info = {"path": "kernel_inject" if self.kernels else "autotp", "path_reason": reason,
+                     "tp_size": self.world, "dtype": str(self.ds_dtype), "device": str(device(self.config)),
+                     "cuda_graph": bool(self.config["backend"]["cuda_graph"]) and self.kernels,
+                     "pre_sharded": bool(self.config["backend"]["pre_sharded"])}
+        if self.config["backend"]["pre_sharded"]:
+            shards = self._shard_dir()
+            self.info["shard_dir"] = str(shards)
+            self.info["shards_written_by_this_job"] = not (shards / ".done").exists()
+            if self.info["shards_written_by_this_job"]:
+                self._write_shards(shards)
+        elif self.kernels:
+            self._torch_checkpoint()  # convert a safetensors checkpoint once, outside load_s
+
+    def load(self) -> None:
+        if self.kernels:
+            if self.config["backend"]["pre_sharded"]:
+                shards = self._shard_dir()
+                self.info["loaded_from"] = "ds pre-sharded checkpoint"
+                self.engine = self._init_kernels(self._meta_model(), shards / "ds_inference_config.json", shards)
+            else:
+                base, files = self._torch_checkpoint()
+                self.info["loaded_from"] = "meta model + checkpoint json"
+                self.engine = self._init_kernels(self._meta_model(), self._checkpoint_json(base, files), base)
+        elif self.config["backend"]["pre_sharded"]:
+            self.info["loaded_from"] = "autotp pre-sharded checkpoint"
+            self.engine = self._load_autotp_shards()
+        else:
+            self.info["loaded_from"] = "full model on host, sharded by AutoTP"
+            self.engine = self._init_autotp(self._load_full())
+        self.model = self.engine.module.eval()
+        if not self.kernels and self.world > 1 and self.hf_config.model_type == "bloom":
+            self.model.transformer.register_forward_pre_hook(_fill_attention_mask, with_kwargs=True)
+            self.info["bloom_explicit_mask"] = True
+
+    def _load_autotp_shards(self):
+        shards = self._shard_dir()
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(self.hf_config, **dtype_kwargs(self.dtype))
+        engine = self._init_autotp(model)  # shards the meta model, then allocates it on the device (empty)
+        model = engine.module
+        # mmap'd on the host, copied tensor by tensor into the device-allocated model (no 2x device peak)
+        saved = torch.load(shards / f"rank{global_rank():03d}.pt", map_location="cpu", weights_only=True, mmap=True)
+        model.load_state_dict(saved["state"], strict=True)
+        for name, value in saved["buffers"].items():
+            owner, _, leaf = name.rpartition(".")
+            model.get_submodule(owner)._buffers[leaf] = value
+        if self.world == 1 and getattr(self.hf_config, "tie_word_embeddings", False):
+            out, inp = model.get_output_embeddings(), model.get_input_embeddings()
+            if out is not None and out.weight.shape == inp.weight.shape:
+                out.weight = inp.weight  # to_empty() gave the tied head its own storage
+        return engine
+
+    def input_device(self) -> torch.device:
+        return device(self.config)
+
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, new_tokens: int) -> torch.Tensor:
+        with torch.no_grad():
+            return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=False,
+                                       max_new_tokens=new_tokens, min_new_tokens=new_tokens, use_cache=True,
+                                       pad_token_id=self.model.config.pad_token_id)

@@ -1,0 +1,271 @@
+"""backend=ds-inference and backend=ds-zero on the CPU: the real deepspeed launcher, gloo, 1 and 2 ranks.
+
+End-to-end tests go through `python -m runner` with the tiny synthetic BLOOM (fp32, so that backends
+that compute the same function agree to rounding); units cover the launcher command, the validation
+rules and the ZeRO config.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import ROOT, results, run_runner
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from runner.config import register_configs
+from runner.launch import launcher_command
+from runner.stack import Stack
+from runner.validate import invalid_reason
+
+register_configs()
+MAIN = Stack(python="/usr/bin/python3", python_version="3.11",
+             versions={"deepspeed": "0.19.8", "transformers": "5.24.0", "bitsandbytes": None})
+LEGACY = Stack(python="/usr/bin/python3", python_version="3.11",
+               versions={"deepspeed": "0.19.8", "transformers": "4.43.4", "bitsandbytes": None})
+NO_DS = Stack(python="/usr/bin/python3", python_version="3.11", versions={"deepspeed": None, "transformers": "5.24.0"})
+QUICK = ["dtype=fp32", "batch_size=2", "new_tokens=4", "prompt_tokens=6", "repeats=1", "timeout_s=240"]
+CORES = len(os.sched_getaffinity(0))
+
+
+def config(*overrides: str, num_gpus: int = 0) -> dict:
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = OmegaConf.to_container(compose("config", overrides=list(overrides)), resolve=True)
+    cfg["num_gpus"] = num_gpus if cfg["num_gpus"] is None else cfg["num_gpus"]
+    return cfg
+
+
+# -- units -----------------------------------------------------------------------------------------
+
+def test_launcher_command_cpu_ranks():
+    cmd = launcher_command(config("backend=ds-zero", "cpu_ranks=2"), "/py", Path("/jobs/7"), ())
+    assert cmd[:4] == ["env", f"OMP_NUM_THREADS={max(1, CORES // 2)}", "LOCAL_SIZE=2", "DS_ACCELERATOR=cpu"]
+    assert cmd[4:9] == ["/py", "-m", "deepspeed.launcher.runner", "--num_gpus", "2"]
+    assert "--no_local_rank" in cmd and cmd[-3:] == ["--module", "backends.worker", "/jobs/7"]
+    port = int(cmd[cmd.index("--master_port") + 1])
+    assert 0 < port < 65536
+
+
+def test_launcher_command_gpus():
+    first = launcher_command(config("backend=ds-inference", num_gpus=2), "/py", Path("/j"), ("0", "1", "2"))
+    assert first[first.index("--num_gpus") + 1] == "2" and "LOCAL_SIZE=2" not in first
+    assert f"OMP_NUM_THREADS={max(1, CORES // 2)}" in first
+    # GPUs other than the first N are named: the launcher ignores CUDA_VISIBLE_DEVICES with --num_gpus.
+    other = launcher_command(config("backend=ds-inference", num_gpus=2), "/py", Path("/j"), ("2", "3"))
+    assert "--num_gpus" not in other and other[other.index("--include") + 1] == "localhost:2,3"
+
+
+@pytest.mark.parametrize("overrides, gpus, stack, expected", [
+    (["backend=ds-inference"], (), MAIN, None),
+    (["backend=ds-zero", "cpu_ranks=2"], (), MAIN, None),
+    (["backend=ds-zero", "offload=cpu"], (), MAIN, None),  # ZeRO's param offload is its own code path
+    (["backend=ds-zero"], (), NO_DS, "backend=ds-zero: deepspeed is not installed in stack /usr/bin/python3"),
+    (["backend=ds-zero", "cpu_ranks=0"], (), MAIN, "cpu_ranks=0: must be >= 1"),
+    (["backend=accelerate", "cpu_ranks=2"], (), MAIN,
+     "cpu_ranks=2: backend=accelerate runs one process (allowed: cpu_ranks=1)"),
+    (["backend=ds-zero", "dtype=int8"], ("0",), MAIN,
+     "dtype=int8: ZeRO-3 inference has no int8 weights (allowed: fp32, bf16, fp16)"),
+    (["backend=ds-inference", "offload=cpu"], ("0",), MAIN,
+     ("offload=cpu: DeepSpeed-Inference keeps all weights on the GPUs (tensor parallel), no offload "
+     "(allowed: offload=none; offload is ds-zero's or accelerate's)")),
+    (["backend=ds-inference", "backend.kernel_inject=maybe"], ("0",), MAIN,
+     "backend.kernel_inject=maybe: allowed: auto, true, false"),
+    (["backend=ds-inference", "backend.kernel_inject=true"], (), MAIN,
+     "backend.kernel_inject=true: DeepSpeed's fused inference kernels need a CUDA GPU (num_gpus=0)"),
+    (["backend=ds-inference", "backend.kernel_inject=true"], ("0",), MAIN,
+     ("backend.kernel_inject=true: DeepSpeed refuses BLOOM kernel injection on transformers 5.24.0 "
+     "(> 4.43.4; use a stack with transformers 4.43.4, see README)")),
+    (["backend=ds-inference", "backend.kernel_inject=true"], ("0",), LEGACY, None),
+    (["backend=ds-inference", "dtype=int8"], (), MAIN,
+     "dtype=int8: DeepSpeed-Inference int8 needs its fused CUDA kernels (num_gpus=0)"),
+    (["backend=ds-inference", "dtype=int8"], ("0",), MAIN,
+     ("dtype=int8: DeepSpeed-Inference int8 needs kernel injection, and DeepSpeed refuses BLOOM kernel "
+     "injection on transformers 5.24.0 (> 4.43.4; use a stack with transformers 4.43.4, see README)")),
+    (["backend=ds-inference", "dtype=int8", "backend.kernel_inject=false"], ("0",), LEGACY,
+     "dtype=int8: DeepSpeed-Inference int8 needs kernel injection; AutoTP has no int8 (kernel_inject=false)"),
+    (["backend=ds-inference", "dtype=int8"], ("0",), LEGACY, None),
+    (["backend=ds-inference", "backend.cuda_graph=true"], ("0",), LEGACY,
+     "backend.cuda_graph=true: DeepSpeed refuses enable_cuda_graph with BLOOM kernel injection"),
+    (["backend=ds-inference", "backend.cuda_graph=true"], ("0",), MAIN,
+     ("backend.cuda_graph=true: DeepSpeed captures graphs only in kernel-injected layers "
+     "(kernel_inject=false, or auto resolving to AutoTP here)")),
+    (["backend=ds-inference", "backend.cuda_graph=true", "num_gpus=2"], ("0", "1"), LEGACY,
+     "backend.cuda_graph=true: DeepSpeed does not support CUDA graphs with tensor parallelism (num_gpus > 1)"),
+])
+def test_invalid_reason(overrides, gpus, stack, expected):
+    assert invalid_reason(config(*overrides, num_gpus=len(gpus[:1])), stack, gpus) == expected
+
+
+def test_zero3_config_is_what_deepspeed_accepts():
+    from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+    from transformers import BloomConfig
+
+    from backends.ds_zero import zero3_config
+
+    hf = BloomConfig(hidden_size=64, n_layer=2, n_head=4, vocab_size=1024)
+    cfg = zero3_config(config("backend=ds-zero", "offload=nvme", "offload.path=/tmp", "dtype=bf16"), hf, 2, "/tmp/x")
+    zero = cfg["zero_optimization"]
+    assert zero["reduce_bucket_size"] == 64 * 64 and zero["stage3_prefetch_bucket_size"] == int(0.9 * 64 * 64)
+    assert zero["offload_param"]["buffer_size"] == 1024 * 64  # the largest tensor: the embedding
+    assert cfg["bf16"]["enabled"] and not cfg["fp16"]["enabled"] and cfg["train_batch_size"] == 2
+    DeepSpeedZeroConfig(**zero)  # the validator that rejects float bucket sizes accepts these
+    with pytest.raises(ValueError):
+        DeepSpeedZeroConfig(**{**zero, "stage3_prefetch_bucket_size": 0.9 * 64 * 64 + 0.5})
+
+
+# -- end to end --------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, cache_dir) -> dict:
+    """One sweep: accelerate / ds-inference / ds-zero x 1 and 2 CPU ranks x offload none and cpu."""
+    out = tmp_path_factory.mktemp("ds-sweep")
+    proc = run_runner(["-m", "backend=accelerate,ds-inference,ds-zero", "cpu_ranks=1,2", "offload=none,cpu",
+                       *QUICK, f"hydra.sweep.dir={out}"], cache_dir, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = {}
+    for r in results(out):
+        c = r["config"]
+        jobs[(c["backend"]["name"], c["cpu_ranks"], c["offload"]["name"])] = r
+    return jobs
+
+
+def test_sweep_statuses(sweep):
+    assert sweep[("accelerate", 2, "none")]["status"] == "invalid"
+    assert sweep[("ds-inference", 1, "cpu")]["status"] == "invalid"
+    assert sweep[("accelerate", 1, "cpu")]["status"] == "invalid"
+    ran = {k: r for k, r in sweep.items() if r["status"] != "invalid"}
+    assert set(ran) == {("accelerate", 1, "none"), ("ds-inference", 1, "none"), ("ds-inference", 2, "none"),
+                        ("ds-zero", 1, "none"), ("ds-zero", 2, "none"), ("ds-zero", 1, "cpu"), ("ds-zero", 2, "cpu")}
+    for key, r in ran.items():
+        assert r["status"] == "ok", (key, r["reason"])
+        assert r["load_s"] > 0 and r["ms_per_token"] > 0 and len(r["generate_s"]) == 1
+
+
+def test_launched_by_deepspeed_with_threads_per_rank(sweep):
+    log = Path(sweep[("ds-zero", 2, "none")]["log"]).read_text()
+    assert f"env OMP_NUM_THREADS={max(1, CORES // 2)} LOCAL_SIZE=2 DS_ACCELERATOR=cpu " in log
+    assert "-m deepspeed.launcher.runner --num_gpus 2 --no_local_rank" in log
+    assert "dist_world_size=2" in log  # the launcher's own account of the ranks it started
+
+
+def test_tensor_parallel_over_ranks(sweep):
+    for ranks in (1, 2):
+        info = sweep[("ds-inference", ranks, "none")]["backend_info"]
+        assert info["tp_size"] == ranks and info["path"] == "autotp"
+        assert info["path_reason"].startswith("auto: no GPU")
+    r = sweep[("ds-inference", 2, "none")]
+    assert r["streams"] == 1 and r["ms_per_token"] == r["ms_per_token_per_stream"]
+    # Tensor parallel ranks compute one batch together: both saw the same prompts.
+    a, b = (p["prompt_logits_top5"] for p in r["per_rank"])
+    assert a == b
+
+
+def test_zero_streams_per_rank(sweep):
+    for offload in ("none", "cpu"):
+        r = sweep[("ds-zero", 2, offload)]
+        assert r["streams"] == 2 and r["backend_info"]["offload_param"] == offload
+        assert r["ms_per_token"] == pytest.approx(r["ms_per_token_per_stream"] / 2)
+        assert r["tokens_per_s"] == pytest.approx(2 * 4 * 2 / r["generate_s"][0])
+        ranks = r["per_rank"]
+        assert [p["rank"] for p in ranks] == [0, 1]
+        # Every rank generated its own stream: different prompts, different next-token logits.
+        assert ranks[0]["prompt_logits_top5"] != ranks[1]["prompt_logits_top5"]
+    info = sweep[("ds-zero", 1, "none")]["backend_info"]
+    assert info["zero_stage"] == 3 and info["reduce_bucket_size"] == 64 * 64
+    assert info["stage3_prefetch_bucket_size"] == int(0.9 * 64 * 64)
+
+
+def test_same_function_as_accelerate(sweep):
+    """Same seeded fp32 model and prompt (stream 0 on rank 0): the same next-token logits and ids."""
+    ref = sweep[("accelerate", 1, "none")]
+    for key, r in sweep.items():
+        if r["status"] != "ok" or key[0] == "accelerate":
+            continue
+        assert r["prompt_logits_top5"]["ids"] == ref["prompt_logits_top5"]["ids"], key
+        assert r["prompt_logits_top5"]["logits"] == pytest.approx(ref["prompt_logits_top5"]["logits"], abs=1e-4), key
+        assert r["output_tail_ids"] == ref["output_tail_ids"], key
+
+
+def test_pre_sharded_written_once_then_reloaded(tmp_path, cache_dir):
+    out = tmp_path / "sweep"
+    proc = run_runner(["-m", "backend=ds-inference", "backend.pre_sharded=true,true", "cpu_ranks=2", *QUICK,
+                       f"cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={out}"], cache_dir, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first, second = results(out)
+    assert first["status"] == second["status"] == "ok", (first["reason"], second["reason"])
+    assert first["backend_info"]["shards_written_by_this_job"] is True
+    assert second["backend_info"]["shards_written_by_this_job"] is False
+    assert second["backend_info"]["loaded_from"] == "autotp pre-sharded checkpoint"
+    shards = Path(second["backend_info"]["shard_dir"])
+    assert sorted(p.name for p in shards.glob("rank*.pt")) == ["rank000.pt", "rank001.pt"]
+    assert second["load_s"] > 0
+    # Reloaded shards compute what the sharded original computed.
+    assert second["prompt_logits_top5"] == first["prompt_logits_top5"]
+
+
+def test_out_of_memory_on_ranks_is_oom(tmp_path, cache_dir):
+    proc = run_runner(["backend=ds-zero", "cpu_ranks=2", "host_mem_limit_gib=0.001", *QUICK,
+                       f"hydra.run.dir={tmp_path}"], cache_dir, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["status"] == "oom", result["reason"]
+    assert not list(tmp_path.glob(".result.rank*"))  # the ranks' temp files are gone
+
+
+def _workers(job_dir: Path) -> list:
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info["cmdline"] or []
+        if "backends.worker" in cmd and str(job_dir) in cmd:
+            found.append(p)
+    return found
+
+
+def test_dead_rank_ends_the_job_without_hanging(tmp_path, cache_dir):
+    """SIGKILL rank 1 mid-generation: the job is `error` long before its timeout, and no rank is left."""
+    env = {**os.environ, "INFERSWEEP_CACHE": str(cache_dir), "CUDA_VISIBLE_DEVICES": ""}
+    args = ["backend=ds-zero", "cpu_ranks=2", "dtype=fp32", "new_tokens=400", "repeats=50", "timeout_s=200",
+            f"hydra.run.dir={tmp_path}"]
+    start = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "runner", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    victim = None
+    try:
+        while victim is None and time.monotonic() - start < 120 and proc.poll() is None:
+            phases = tmp_path / "phases"
+            if phases.exists() and "repeat" in phases.read_text():
+                victim = next((p for p in _workers(tmp_path) if p.environ().get("RANK") == "1"), None)
+            time.sleep(0.2)
+        assert victim is not None, "rank 1 never reached the timed repeats"
+        victim.send_signal(signal.SIGKILL)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    elapsed = time.monotonic() - start
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["status"] == "error", result["reason"]
+    assert elapsed < 150  # ended by the launcher, not by the 200 s timeout
+    time.sleep(1)
+    assert _workers(tmp_path) == []
+
+
+def test_nvme_offload(tmp_path, cache_dir):
+    """ZeRO-3 NVMe offload runs where DeepSpeed's async_io op can build (libaio); elsewhere the job says
+    why instead of failing obscurely."""
+    nvme = tmp_path / "nvme"
+    nvme.mkdir()
+    proc = run_runner(["backend=ds-zero", "offload=nvme", f"offload.path={nvme}", *QUICK,
+                       f"hydra.run.dir={tmp_path / 'job'}"], cache_dir, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "job" / "result.json").read_text())
+    if result["status"] == "ok":
+        assert result["backend_info"]["offload_param"] == "nvme"
+        assert list(nvme.iterdir()) == []  # the job's swap directory is removed afterwards
+    else:
+        assert result["status"] == "error" and "async_io" in result["reason"] and "libaio" in result["reason"]
