@@ -45,6 +45,8 @@ def build_checkpoint(config: dict) -> Path:
     import torch
     from transformers import AutoModelForCausalLM
 
+    from backends.ds_common import dtype_kwargs
+
     target = checkpoint_dir(config)
     if checkpoint_ready(config):
         return target
@@ -52,7 +54,8 @@ def build_checkpoint(config: dict) -> Path:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(config["seed"])
     with torch.device(device):
-        model = AutoModelForCausalLM.from_config(bloom_config(config["model"]), dtype=dtype)
+        # dtype_kwargs: `torch_dtype` on the transformers 4.43.4 stack that DeepSpeed's BLOOM kernels need
+        model = AutoModelForCausalLM.from_config(bloom_config(config["model"]), **dtype_kwargs(dtype))
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     model.save_pretrained(tmp, safe_serialization=True)
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,7 @@ BACKENDS = {
 }
 
 OOM_MESSAGES = ("out of memory", "can't allocate memory", "cublas_status_alloc_failed", "cannot allocate memory",
-                "failed to allocate")
+                "failed to allocate", "workspace can't be allocated")
 
 
 def is_oom(exc: BaseException) -> bool:
