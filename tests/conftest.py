@@ -17,7 +17,7 @@ def cache_dir(tmp_path_factory) -> Path:
 
 
 def run_runner(args: list, cache: Path, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
-    env = {**os.environ, "INFERSWEEP_CACHE": str(cache), "INFERSWEEP_HISTORY": str(cache / "history.sqlite"),
+    env = {"INFERSWEEP_HISTORY": str(cache / "history.sqlite"), **os.environ, "INFERSWEEP_CACHE": str(cache),
            "CUDA_VISIBLE_DEVICES": ""}
     return subprocess.run([sys.executable, "-m", "runner", *args], cwd=ROOT, env=env, check=False,
                           capture_output=True, text=True, timeout=timeout, **kw)
