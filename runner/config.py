@@ -4,6 +4,7 @@ The yaml files under conf/ pick these schemas as defaults, so a typo'd key, a wr
 unknown option fails at compose time, before any job runs.
 """
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -73,6 +74,13 @@ class ModelConfig:
     vocab_size: int = 250880
 
 
+class Rerun(Enum):
+    """Which finished jobs a sweep run again in the same directory measures again (docs/reliability.md)."""
+    none = "none"  # keep every finished result, whatever its status
+    failed = "failed"  # re-run error and timeout (accidents of the run); keep ok, oom, invalid
+    all = "all"  # re-run every job
+
+
 @dataclass
 class SweepConfig:
     backend: Any = MISSING
@@ -92,6 +100,9 @@ class SweepConfig:
     # false: consecutive jobs that differ only in batch_size, new_tokens, prompt_tokens, repeats or
     # timeout_s share one launched worker that loads the model once (load_s is that one load).
     isolate: bool = True
+    # A sweep run again with the same hydra.sweep.dir (a resume) keeps each job whose directory holds a
+    # finished result.json of the same config; `rerun` picks which finished jobs run again anyway.
+    rerun: Rerun = Rerun.failed
     # Python interpreter the job's launcher runs under; null: the runner's own.
     stack: str | None = None
     seed: int = 0

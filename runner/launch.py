@@ -3,6 +3,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -64,30 +65,91 @@ def deepspeed_command(config: dict, python: str, job_dir: Path, gpu_ids: tuple) 
 
 
 def job_environment() -> dict:
-    """The worker imports this project's packages from the source tree, whatever the stack."""
+    """The worker imports this project's packages from the source tree, whatever the stack. Every Python
+    process of the job dumps its stack on a fatal signal (SIGSEGV, SIGABRT, ...) into the job's log."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
     env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("PYTHONFAULTHANDLER", "1")
     return env
 
 
-def kill_tree(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
-    """SIGTERM the launcher and every descendant (ranks included), SIGKILL what outlives the grace."""
-    try:
-        procs = [psutil.Process(proc.pid)] + psutil.Process(proc.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        procs = []
+class Interrupted(KeyboardInterrupt):
+    """The runner got SIGINT (Ctrl-C), SIGTERM or SIGHUP. A KeyboardInterrupt, so that it passes through
+    Hydra (which turns a job's Exception into a failed job and goes on) and every cleanup on the way out
+    runs: the job's process tree is killed, no result is written, the sweep exits 128 + signal."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_stopping: list = []  # the signal being handled; a repeat must not interrupt the cleanup it started
+
+
+def _on_stop_signal(signum: int, frame: object) -> None:
+    if _stopping:
+        sys.stderr.write(f"\n{signal.Signals(signum).name} again: already stopping, ending the job's processes\n")
+        return
+    _stopping.append(signum)
+    raise Interrupted(signum)
+
+
+def install_signal_handlers() -> None:
+    """SIGINT, SIGTERM and SIGHUP raise Interrupted in the main thread (SIGTERM's default would end Python
+    at once, leaving the job's launcher and ranks running in their own session)."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _on_stop_signal)
+
+
+def _signal_all(procs: list, sig: int) -> None:
     for p in procs:
         try:
-            p.send_signal(signal.SIGTERM)
+            p.send_signal(sig)
         except psutil.NoSuchProcess:
             pass
-    _, alive = psutil.wait_procs(procs, timeout=grace_s)
-    for p in alive:
+
+
+def _tree(proc: subprocess.Popen) -> list:
+    """Every process under the launcher, and every member of its process group: the launcher was started
+    in a session of its own, and ranks whose launcher died are orphans, no longer under it, but still in
+    that group. (Linux does not reuse a pid while a process group of that id has members, so the group is
+    safe to look up after the launcher was reaped; its children only while it was not.)"""
+    found = {}
+    if proc.returncode is None:
         try:
-            p.kill()
+            found = {p.pid: p for p in psutil.Process(proc.pid).children(recursive=True)}
         except psutil.NoSuchProcess:
             pass
+    for p in psutil.process_iter():
+        try:
+            if p.pid != proc.pid and p.pid not in found and os.getpgid(p.pid) == proc.pid:
+                found[p.pid] = p
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            pass
+    return list(found.values())
+
+
+def kill_tree(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
+    """End the launcher and every process of its tree and group (ranks included): SIGTERM, then SIGKILL
+    what outlives the grace. A stopped process (SIGSTOP, a debugger) is continued so that it can act on
+    the SIGTERM. Also what ends the leftovers of a launcher that exited on its own (one killed by a
+    signal leaves its worker running)."""
+    procs = _tree(proc)
+    for sig in (signal.SIGTERM, signal.SIGCONT):
+        _signal_all(procs, sig)
+        if proc.returncode is None:
+            try:
+                proc.send_signal(sig)
+            except ProcessLookupError:
+                pass
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    _signal_all(alive, signal.SIGKILL)
     psutil.wait_procs(alive, timeout=grace_s)
     proc.wait()
 
@@ -107,7 +169,9 @@ def run_process(cmd: list, log_path: Path, timeout_s: float, env: dict | None = 
         try:
             while True:
                 try:
-                    return proc.wait(timeout=0.5)
+                    rc = proc.wait(timeout=0.5)
+                    kill_tree(proc)  # what the launcher left behind, if anything
+                    return rc
                 except subprocess.TimeoutExpired:
                     on_tick()
                     if time.monotonic() > deadline:

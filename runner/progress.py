@@ -65,6 +65,9 @@ class Progress:
             self.phase(line)
         self.seen = len(lines)
 
-    def done(self, result: dict) -> None:
-        sys.stderr.write(("\r\033[K" if self.tty else "") + f"{self._prefix()} {result_line(result)}\n")
+    def done(self, result: dict, note: str = "") -> None:
+        line = result_line(result) + (f" [{note}]" if note else "")
+        if result["status"] in ("error", "timeout") and result.get("log"):
+            line += f" log: {result['log']}"
+        sys.stderr.write(("\r\033[K" if self.tty else "") + f"{self._prefix()} {line}\n")
         sys.stderr.flush()

@@ -50,6 +50,15 @@ def read_result(job_dir: Path) -> dict | None:
         result = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"corrupt result file {path}: {e}") from e
-    if not isinstance(result, dict) or result.get("status") not in STATUSES:
-        raise ValueError(f"corrupt result file {path}: no valid status")
+    if not isinstance(result, dict) or result.get("status") not in STATUSES or not isinstance(result.get("config"), dict):
+        raise ValueError(f"corrupt result file {path}: no valid status or config")
     return result
+
+
+def set_aside(job_dir: Path, why: str) -> Path:
+    """Move result.json out of the way (to result.json.<why>, kept for inspection), so that nothing reads
+    it as the job's result; returns the new path."""
+    path = Path(job_dir) / RESULT_FILE
+    target = path.with_name(f"{RESULT_FILE}.{why}")
+    os.replace(path, target)
+    return target

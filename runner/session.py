@@ -57,6 +57,7 @@ class WorkerSession:
         try:
             while not (job_dir / RESULT_FILE).exists():
                 if not self.alive():
+                    self.close(kill=True)  # what the launcher left behind (a rank, a worker it lost)
                     return self.proc.returncode
                 if time.monotonic() > deadline:
                     self.close(kill=True)
@@ -75,8 +76,7 @@ class WorkerSession:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 pass
-        if self.alive():
-            kill_tree(self.proc)
+        kill_tree(self.proc)  # also ends what an exited launcher left behind
 
 
 _current: WorkerSession | None = None
@@ -92,10 +92,12 @@ def session_for(key: str, start: Callable[[], WorkerSession]) -> WorkerSession:
     return _current
 
 
-def close_session() -> None:
+def close_session(kill: bool = False) -> None:
+    """End the shared worker: asked to stop (it finishes nothing more), or killed with its whole tree
+    (kill=True: the runner was interrupted)."""
     global _current
     if _current is not None:
-        _current.close()
+        _current.close(kill=kill)
         _current = None
 
 

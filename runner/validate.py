@@ -1,6 +1,7 @@
 """Which jobs cannot run, and why: each check returns a one-line reason that names the key."""
 import json
 import os
+import tempfile
 from pathlib import Path
 
 from runner.stack import Stack
@@ -147,12 +148,28 @@ def _offload(config: dict) -> str | None:
         return "offload=cpu: needs a GPU to offload from (num_gpus=0 already runs on the CPU)"
     if offload["name"] == "nvme":
         path = offload["path"]
+        allowed = "(allowed: an existing writable directory)"
         if not path:
-            return "offload=nvme: offload.path is not set (allowed: an existing writable directory)"
+            return f"offload=nvme: offload.path is not set {allowed}"
+        if not Path(path).exists():
+            return f"offload.path={path}: no such directory {allowed}"
         if not Path(path).is_dir():
-            return f"offload.path={path}: no such directory"
-        if not os.access(path, os.W_OK):
-            return f"offload.path={path}: not writable"
+            return f"offload.path={path}: not a directory {allowed}"
+        why = _not_writable(Path(path))
+        if why:
+            return f"offload.path={path}: not writable ({why}) {allowed}"
+    return None
+
+
+def _not_writable(directory: Path) -> str | None:
+    """Why no file can be created in `directory`, found by creating one (root passes every permission
+    check of os.access, but not a read-only file system); None if one can."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".infersweep-write-test-")
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    os.close(fd)
+    os.unlink(tmp)
     return None
 
 
@@ -166,7 +183,7 @@ def _model(config: dict) -> str | None:
             return "model.path is not set (allowed: a local checkpoint directory or a hub name)"
         looks_local = path.startswith(("/", ".", "~")) or path.count("/") > 1
         if looks_local and not Path(path).expanduser().is_dir():
-            return f"model.path={path}: no such directory"
+            return f"model.path={path}: no such directory (allowed: a local checkpoint directory or a hub name)"
     return None
 
 
