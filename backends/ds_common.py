@@ -5,6 +5,7 @@ MASTER_ADDR/PORT. On a machine without a GPU DeepSpeed picks its CPU accelerator
 """
 import datetime
 import os
+from pathlib import Path
 
 import torch
 import transformers
@@ -41,6 +42,32 @@ def device(config: dict) -> torch.device:
     return torch.device("cuda", local_rank()) if config["num_gpus"] > 0 else torch.device("cpu")
 
 
+def clear_stale_build_locks(max_age_s: float = 300.0) -> list:
+    """DeepSpeed JIT-builds (or just re-checks) its ops under torch's per-op `lock` file, and torch waits
+    forever for a lock to go away. A rank killed while holding one (a job's timeout, Ctrl-C) leaves it
+    behind and every later DeepSpeed job would hang in `preparing`. Wait for the locks there are; one
+    older than `max_age_s` (a real build takes about a minute) is stale and removed."""
+    import time
+
+    from torch.utils.cpp_extension import get_default_build_root
+
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
+    removed = []
+    for lock in root.glob("*/lock") if root.is_dir() else []:
+        while True:
+            try:
+                age = time.time() - lock.stat().st_mtime
+            except FileNotFoundError:
+                break
+            if age > max_age_s:
+                lock.unlink(missing_ok=True)
+                removed.append(str(lock))
+                print(f"removed a stale torch-extension build lock ({age:.0f} s old): {lock}", flush=True)
+                break
+            time.sleep(0.5)
+    return removed
+
+
 def init_distributed(config: dict) -> None:
     """Bind this rank to its GPU and join the process group (NCCL on GPUs, gloo on the CPU).
 
@@ -50,6 +77,7 @@ def init_distributed(config: dict) -> None:
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
+    clear_stale_build_locks()  # init loads DeepSpeed's shm comm op on the CPU
     if config["num_gpus"] > 0:
         get_accelerator().set_device(local_rank())
     deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name(),

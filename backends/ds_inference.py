@@ -20,8 +20,10 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
+import deepspeed  # at import time: before the worker caps host memory (host_mem_limit_gib)
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -89,8 +91,6 @@ class DSInferenceBackend:
     # -- which path ------------------------------------------------------------------------------
 
     def _meta_model(self):
-        import deepspeed
-
         with deepspeed.OnDevice(dtype=self.dtype, device="meta"):
             return AutoModelForCausalLM.from_config(self.hf_config, **dtype_kwargs(self.dtype))
 
@@ -188,21 +188,26 @@ class DSInferenceBackend:
                                         save_to=tmp, cuda_graph=False)
         else:
             engine = self._init_autotp(self._load_full())
-            model = engine.module
-            state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-            buffers = {k: v.detach().cpu() for k, v in model.named_buffers(remove_duplicate=False)
-                       if k not in state}
-            torch.save({"state": state, "buffers": buffers}, tmp / f"rank{global_rank():03d}.pt")
-            (tmp / "meta.json").write_text(json.dumps({"tp_size": self.world, "dtype": str(self.dtype)}))
-        self._release(engine)
+            self._save_autotp_shard(engine.module, tmp)
+        if self.kernels:  # frees the fused kernels' workspace and resets their layer count for the reload
+            engine.destroy()
+        del engine  # the last reference: the model written from is freed before the timed load
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
         self._finish_shards(tmp, final)
+
+    def _save_autotp_shard(self, model, tmp: Path) -> None:
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        buffers = {k: v.detach().cpu() for k, v in model.named_buffers(remove_duplicate=False) if k not in state}
+        torch.save({"state": state, "buffers": buffers}, tmp / f"rank{global_rank():03d}.pt")
+        if global_rank() == 0:
+            (tmp / "meta.json").write_text(json.dumps({"tp_size": self.world, "dtype": str(self.dtype)}))
 
     # -- DeepSpeed ---------------------------------------------------------------------------------
 
     def _init_kernels(self, model, checkpoint_json: Path, base_dir: Path, save_to: Path | None = None,
                       cuda_graph: bool | None = None):
-        import deepspeed
-
         kwargs = {}
         if save_to is not None:
             kwargs["save_mp_checkpoint_path"] = str(save_to)
@@ -212,8 +217,6 @@ class DSInferenceBackend:
                                         base_dir=str(base_dir), checkpoint=str(checkpoint_json), **kwargs)
 
     def _init_autotp(self, model):
-        import deepspeed
-
         if self.config["backend"]["cuda_graph"]:
             raise ValueError("backend.cuda_graph=true: DeepSpeed captures CUDA graphs only in kernel-injected layers "
                              f"({self.info.get('path_reason')})")
@@ -222,14 +225,6 @@ class DSInferenceBackend:
 
     def _load_full(self):
         return AutoModelForCausalLM.from_pretrained(self.checkpoint, **dtype_kwargs(self.dtype))
-
-    def _release(self, engine) -> None:
-        if self.kernels:  # frees the fused kernels' workspace; the next engine allocates its own
-            engine.destroy()
-        del engine
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
 
     # -- the backend protocol -----------------------------------------------------------------------
 
@@ -242,6 +237,12 @@ class DSInferenceBackend:
                      "tp_size": self.world, "dtype": str(self.ds_dtype), "device": str(device(self.config)),
                      "cuda_graph": bool(self.config["backend"]["cuda_graph"]) and self.kernels,
                      "pre_sharded": bool(self.config["backend"]["pre_sharded"])}
+        if self.kernels:  # JIT-build (first time on a machine, about a minute) or load the fused kernels
+            from deepspeed.ops.op_builder import InferenceBuilder  # what DeepSpeed's kernel layers load
+
+            start = time.perf_counter()
+            InferenceBuilder().load()
+            self.info["kernel_op_load_s"] = round(time.perf_counter() - start, 3)
         if self.config["backend"]["pre_sharded"]:
             shards = self._shard_dir()
             self.info["shard_dir"] = str(shards)
@@ -250,6 +251,9 @@ class DSInferenceBackend:
                 self._write_shards(shards)
         elif self.kernels:
             self._torch_checkpoint()  # convert a safetensors checkpoint once, outside load_s
+        if torch.cuda.is_available():  # peak_mem_gib is the measured model's, not the shard writer's
+            for i in range(torch.cuda.device_count()):
+                torch.cuda.reset_peak_memory_stats(i)
 
     def load(self) -> None:
         if self.kernels:
@@ -283,7 +287,7 @@ class DSInferenceBackend:
         model.load_state_dict(saved["state"], strict=True)
         for name, value in saved["buffers"].items():
             owner, _, leaf = name.rpartition(".")
-            model.get_submodule(owner)._buffers[leaf] = value
+            model.get_submodule(owner)._buffers[leaf] = value.to(device(self.config))
         if self.world == 1 and getattr(self.hf_config, "tie_word_embeddings", False):
             out, inp = model.get_output_embeddings(), model.get_input_embeddings()
             if out is not None and out.weight.shape == inp.weight.shape:

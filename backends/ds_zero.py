@@ -8,6 +8,7 @@ figure is kept beside it.
 import os
 import shutil
 
+import deepspeed  # at import time: before the worker caps host memory (host_mem_limit_gib)
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -83,6 +84,7 @@ class DSZeroBackend:
             if builder is None or not builder.is_compatible(verbose=False):
                 raise RuntimeError("offload=nvme: DeepSpeed's async_io op cannot be built on this machine "
                                    "(it needs libaio: apt-get install libaio-dev)")
+            builder.load()  # JIT-built here, not inside load_s
             # One directory per job (the launcher's port is unique to it), shared by its ranks.
             self.nvme_dir = os.path.join(self.config["offload"]["path"],
                                          f"infersweep-zero-{os.environ.get('MASTER_PORT', os.getppid())}")
@@ -97,7 +99,6 @@ class DSZeroBackend:
             self.info["nvme_buffer_size"] = zero["offload_param"]["buffer_size"]
 
     def load(self) -> None:
-        import deepspeed
         from transformers.integrations import HfDeepSpeedConfig
 
         # Before the model is built: from_pretrained then partitions every weight as it loads (zero.Init).

@@ -209,11 +209,16 @@ def test_pre_sharded_written_once_then_reloaded(tmp_path, cache_dir):
 
 
 def test_out_of_memory_on_ranks_is_oom(tmp_path, cache_dir):
-    proc = run_runner(["backend=ds-zero", "cpu_ranks=2", "host_mem_limit_gib=0.001", *QUICK,
-                       f"hydra.run.dir={tmp_path}"], cache_dir, timeout=300)
+    """Loading fits the host-memory cap, generating a huge batch does not: the ranks' OOM (inside ZeRO's
+    synced generate) is the job's `oom`, not a hang and not an `error`."""
+    proc = run_runner(["backend=ds-zero", "cpu_ranks=2", "dtype=fp32", "batch_size=8192", "prompt_tokens=64",
+                       "new_tokens=4", "repeats=1", "host_mem_limit_gib=1.5", "timeout_s=240",
+                       f"hydra.run.dir={tmp_path}"],
+                      cache_dir, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["status"] == "oom", result["reason"]
+    assert result["load_s"] > 0
     assert not list(tmp_path.glob(".result.rank*"))  # the ranks' temp files are gone
 
 
@@ -269,3 +274,70 @@ def test_nvme_offload(tmp_path, cache_dir):
         assert list(nvme.iterdir()) == []  # the job's swap directory is removed afterwards
     else:
         assert result["status"] == "error" and "async_io" in result["reason"] and "libaio" in result["reason"]
+
+
+# -- the kernel path's preparation (the path itself needs CUDA: see README) --------------------------
+
+def _tiny_checkpoint(root: Path) -> Path:
+    import torch
+    from transformers import AutoModelForCausalLM, BloomConfig
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(BloomConfig(hidden_size=32, n_layer=2, n_head=4, vocab_size=256))
+    model.save_pretrained(root / "ckpt", safe_serialization=True)
+    return root / "ckpt"
+
+
+def test_kernel_path_checkpoint_json(tmp_path):
+    """What the seed's kernel-injection loading gets: torch-pickled copies of a safetensors checkpoint
+    (DeepSpeed torch.load()s each file) and a checkpoint json that DeepSpeed's loader accepts."""
+    import torch
+    from deepspeed.runtime.state_dict_factory import SDLoaderFactory
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
+
+    from backends.ds_inference import DSInferenceBackend
+
+    ckpt = _tiny_checkpoint(tmp_path)
+    backend = DSInferenceBackend(config("backend=ds-inference", f"cache_dir={tmp_path / 'cache'}"), str(ckpt))
+    backend.hf_config = AutoConfig.from_pretrained(ckpt)
+    base, files = backend._torch_checkpoint()
+    assert files == ["model.pt"] and base != ckpt and (base / ".done").exists()
+    original, copy = load_file(str(ckpt / "model.safetensors")), torch.load(base / "model.pt", weights_only=True)
+    assert original.keys() == copy.keys() and all(torch.equal(original[k], copy[k]) for k in original)
+    described = SDLoaderFactory.get_sd_loader_json(str(backend._checkpoint_json(base, files)), None)
+    assert described == {"type": "BLOOM", "checkpoints": ["model.pt"], "version": 1.0}
+
+
+def test_kernel_path_choice(tmp_path):
+    from transformers import AutoConfig, MistralConfig
+
+    from backends.ds_inference import DSInferenceBackend, kernel_policy_matches
+
+    ckpt = _tiny_checkpoint(tmp_path)
+    backend = DSInferenceBackend(config("backend=ds-inference", num_gpus=1), str(ckpt))
+    backend.hf_config = AutoConfig.from_pretrained(ckpt)
+    assert kernel_policy_matches(backend._meta_model())  # DeepSpeed has a BLOOM kernel policy...
+    kernels, why = backend._choose_path()  # ...but refuses it on this transformers (5.x)
+    assert not kernels and why.startswith("auto: DeepSpeed refuses BLOOM kernel injection on transformers 5.")
+    backend.config["num_gpus"] = 0
+    assert backend._choose_path() == (False, "auto: no GPU (DeepSpeed's fused kernels are CUDA only)")
+    backend.config["backend"]["kernel_inject"] = "false"
+    assert backend._choose_path() == (False, "kernel_inject=false")
+    backend.hf_config = MistralConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                      num_attention_heads=4, num_key_value_heads=2, vocab_size=256)
+    assert not kernel_policy_matches(backend._meta_model())  # no DeepSpeed kernels for Mistral
+
+
+def test_stale_build_lock_is_cleared(tmp_path, monkeypatch):
+    """A torch-extension lock left by a killed rank would hang every later DeepSpeed job in `preparing`."""
+    from backends.ds_common import clear_stale_build_locks
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    stale, fresh = tmp_path / "deepspeed_shm_comm" / "lock", tmp_path / "transformer_inference" / "lock"
+    for lock in (stale, fresh):
+        lock.parent.mkdir()
+        lock.touch()
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    fresh.unlink()  # a live build that finished
+    assert clear_stale_build_locks(max_age_s=300) == [str(stale)] and not stale.exists()
