@@ -91,7 +91,10 @@ class DSInferenceBackend:
     # -- which path ------------------------------------------------------------------------------
 
     def _meta_model(self):
-        with deepspeed.OnDevice(dtype=self.dtype, device="meta"):
+        # torch's meta device rather than deepspeed.OnDevice (the seed's): OnDevice patches
+        # torch.Tensor.__new__, and torch 2.13's dynamo, first imported inside it by transformers 4.x's
+        # weight init, refuses the patched signature.
+        with torch.device("meta"):
             return AutoModelForCausalLM.from_config(self.hf_config, **dtype_kwargs(self.dtype))
 
     def _choose_path(self) -> tuple:
