@@ -70,6 +70,7 @@ def throughput_chart(df: pd.DataFrame, title: str) -> Figure | None:
         return None
     df = df.assign(label=row_labels(df))
     colors = {label: f"C{i % 10}" for i, label in enumerate(sorted(df["label"].unique()))}
+    df = df[pd.to_numeric(df["config.batch_size"], errors="coerce").notna()]  # not a max search that found none
     failed = df[df["status"].isin(FAILED)]
     fig, ax, strip = _figure_with_strip(failed)
     for label, jobs in df[df["status"] == "ok"].sort_values("config.batch_size").groupby("label", sort=True):

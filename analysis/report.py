@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 
 from analysis import charts
 from analysis.results import VERSIONS, sweep_summary
-from analysis.tables import groups, load_table, row_labels, seed_table
+from analysis.tables import groups, load_table, max_batch_table, roofline_table, row_labels, seed_table
 
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1000px; margin: 2em auto; padding: 0 1em; color: #222; }
@@ -93,11 +93,27 @@ def write_report(df: pd.DataFrame, out: Path, reference: str | None = None) -> P
                  ("<p class='note'>ms per generated token (median over repeats; lower is better): rows "
                   "backend+dtype, columns batch size; a job that did not end ok shows its status.</p>"),
                  table_html]
+        roofline = roofline_table(part)
+        if not roofline.empty:
+            roof_md, roof_html = _write_table(roofline, out / f"roofline_{slug}", "backend dtype \\ batch size")
+            md += ["", f"## Fraction of the roofline floor: {title}", "", roof_md]
+            body += [f"<h2>Fraction of the roofline floor: {html.escape(title)}</h2>",
+                     ("<p class='note'>The floor of one decode step (weights and KV cache read at the measured copy "
+                      "bandwidth, or 2 FLOP per parameter per token at the measured matmul rate, whichever is "
+                      "larger: the bound named) over the measured decode step; 1.00 is the hardware limit. "
+                      "Ceilings: env.ceilings of the results.</p>"), roof_html]
         ref = charts.reference_label(part, reference)
         for fig, stem in ((charts.throughput_chart(part, title), f"throughput_{slug}"),
                           (charts.speedup_chart(part, title, ref) if ref else None, f"speedup_{slug}")):
             if fig is not None:
                 body.append(_png(fig, out / stem))
+
+    largest = max_batch_table(df)
+    if not largest.empty:
+        largest_md = largest.to_markdown(disable_numparse=True)
+        (out / "max_batch.md").write_text(largest_md + "\n")
+        md += ["", "## Largest batch that fits (batch_size=max)", "", largest_md]
+        body += ["<h2>Largest batch that fits (batch_size=max)</h2>", _html_table(largest, text=True)]
 
     failed = df[df["status"] != "ok"]
     if len(failed):

@@ -26,7 +26,22 @@ def frame(results: list[dict]) -> pd.DataFrame:
     if not results:
         return pd.DataFrame()
     df = pd.json_normalize(results)
-    return df.assign(hardware=hardware(df))
+    return searched_batch_sizes(df).assign(hardware=hardware(df))
+
+
+def searched_batch_sizes(df: pd.DataFrame) -> pd.DataFrame:
+    """batch_size=max jobs take the batch size they measured (max_batch_size) as config.batch_size, so
+    that they sit in the tables and charts beside the fixed sizes; `batch_search` marks them. A search that
+    found nothing keeps "max"."""
+    if "config.batch_size" not in df:
+        return df
+    searched = df["config.batch_size"].eq("max")
+    df = df.assign(batch_search=searched)
+    if "max_batch_size" in df:
+        found = searched & df["max_batch_size"].fillna(0).gt(0)
+        df["config.batch_size"] = df["config.batch_size"].astype(object)
+        df.loc[found, "config.batch_size"] = df.loc[found, "max_batch_size"].astype(int)
+    return df
 
 
 def load_results(dirs: Iterable[Path]) -> pd.DataFrame:

@@ -10,11 +10,23 @@ SHORT = {"config.model.name": "", "config.num_gpus": "gpus=", "config.offload.na
          "config.new_tokens": "new=", "config.prompt_tokens": "prompt=", "config.stack": "stack="}
 
 
+# Backend and dtype options that a sweep compares (issue 7): added where they vary among the jobs that have
+# them, and only to those jobs (an option of another backend is no difference).
+OPTION_KEYS = {"config.backend.compile": "compile=", "config.backend.attn_implementation": "attn=",
+               "config.dtype.llm_int8_threshold": "threshold=", "config.backend.kernel_inject": "kernel_inject=",
+               "config.backend.cuda_graph": "cuda_graph="}
+
+
 def row_labels(df: pd.DataFrame) -> pd.Series:
-    """backend+dtype, with model, num_gpus, offload, token counts and stack added where they vary."""
+    """backend+dtype, with model, num_gpus, offload, token counts and stack added where they vary, and the
+    backend/dtype options of OPTION_KEYS where they vary (compile, attention, int8 threshold, ...)."""
     varying = [k for k in LABEL_KEYS if k in df and df[k].astype(str).nunique() > 1]
     keys = [k for k in LABEL_KEYS if k in ("config.backend.name", "config.dtype.name") or k in varying]
-    return df[keys].astype(str).apply(lambda r: " ".join(SHORT.get(k, "") + r[k] for k in keys), axis=1)
+    labels = df[keys].astype(str).apply(lambda r: " ".join(SHORT.get(k, "") + r[k] for k in keys), axis=1)
+    for key, short in OPTION_KEYS.items():
+        if key in df and df[key].dropna().astype(str).nunique() > 1:
+            labels = labels + [f" {short}{v}" if pd.notna(v) else "" for v in df[key]]
+    return labels
 
 
 def seed_table(df: pd.DataFrame, metric: str = "ms_per_token", digits: int = 2) -> pd.DataFrame:
@@ -23,11 +35,25 @@ def seed_table(df: pd.DataFrame, metric: str = "ms_per_token", digits: int = 2) 
         return pd.DataFrame()
     values = df.get(metric, pd.Series(index=df.index))
     cells = df.assign(label=row_labels(df),
-                      cell=[f"{v:.{digits}f}" if s == "ok" else s for v, s in zip(values, df["status"])])
+                      cell=[(v if isinstance(v, str) else f"{v:.{digits}f}") if s == "ok" else s
+                            for v, s in zip(values, df["status"])])
     table = cells.pivot_table(index="label", columns="config.batch_size", values="cell", aggfunc="last")
     table.columns.name = "batch_size"
     table.index.name = None
-    return table.reindex(sorted(table.columns), axis=1).fillna("")
+    # numbers in order, then any word (batch_size=max where the search found nothing)
+    order = sorted(table.columns, key=lambda c: (isinstance(c, str), c if not isinstance(c, str) else 0, str(c)))
+    return table.reindex(order, axis=1).fillna("")
+
+
+def roofline_table(df: pd.DataFrame) -> pd.DataFrame:
+    """The fraction of the roofline floor reached (backends/roofline.py: floor / measured decode step, 1 = at
+    the hardware limit) by row label and batch size, with the bound that applies ("0.42 memory"); the
+    status word where a job did not end `ok`."""
+    if "roofline.fraction_of_floor" not in df or df["roofline.fraction_of_floor"].isna().all():
+        return pd.DataFrame()
+    cells = [f"{f:.2g} {b}" if pd.notna(f) else ""
+             for f, b in zip(df["roofline.fraction_of_floor"], df["roofline.bound"])]
+    return seed_table(df.assign(roofline_cell=cells), "roofline_cell")
 
 
 def load_stats(df: pd.DataFrame) -> pd.DataFrame:
@@ -54,3 +80,19 @@ def groups(df: pd.DataFrame) -> Iterator[tuple[str, pd.DataFrame]]:
     for (model, gpus), part in df.groupby(["config.model.name", "config.num_gpus"], sort=True):
         where = f"{int(gpus)} GPU{'s' if gpus > 1 else ''}" if gpus else "CPU"
         yield f"{model}, {where}", part
+
+
+def max_batch_table(df: pd.DataFrame) -> pd.DataFrame:
+    """batch_size=max jobs: the largest batch the search found, the one measured (smaller where measuring
+    the found size ran out of memory) and the sizes tried, by row label."""
+    if "batch_search" not in df or not df["batch_search"].any():
+        return pd.DataFrame()
+    jobs = df[df["batch_search"]]
+    labels = row_labels(df)
+    found = [f"{v:.0f}" if pd.notna(v) else "" for v in jobs.get("max_batch_found", pd.Series(index=jobs.index))]
+    rows = [{"": labels[i], "found": f, "measured": job["config.batch_size"],
+             "status": job["status"],
+             "tried": ", ".join(f"{t['batch_size']} {t['status']}" + (f" ({t['phase']})" if "phase" in t else "")
+                               for t in job.get("max_batch_search") or [])}
+            for f, (i, job) in zip(found, jobs.iterrows())]
+    return pd.DataFrame(rows).set_index("").rename_axis(None)

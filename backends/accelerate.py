@@ -53,20 +53,41 @@ class AccelerateBackend:
         self.info = {"device_map": dict(placement), "dtype": str(kwargs["dtype"])}
         if cfg["dtype"]["name"] == "int8":
             self.info["llm_int8_threshold"] = cfg["dtype"]["llm_int8_threshold"]
+        self.info["attn_implementation"] = self.model.config._attn_implementation  # what runs, not what was asked
+        self.info["compile"] = bool(cfg["backend"]["compile"])
+        if cfg["backend"]["compile"]:
+            self.use_static_cache()
         spilled = {d for d in placement if d in ("cpu", "disk")}
         if cfg["offload"]["name"] == "none" and cfg["num_gpus"] > 0 and spilled:
             raise torch.cuda.OutOfMemoryError(
                 f"CUDA out of memory: weights do not fit on {cfg['num_gpus']} GPU(s) without offload "
                 f"(device_map spilled to {sorted(spilled)})")
 
+    def use_static_cache(self) -> None:
+        """generate() with a static KV cache, which transformers compiles (torch.compile of the forward,
+        its default mode reduce-overhead: CUDA graphs where they can be captured). Wrapping the forward in
+        torch.compile by hand fails over the static cache (docs: ../shared/device/README.md); this route
+        runs. On the CPU transformers compiles only when told to (_compile_all_devices)."""
+        from transformers.generation.configuration_utils import CompileConfig
+
+        self.model.generation_config.cache_implementation = "static"
+        compile_config = CompileConfig()
+        compile_config._compile_all_devices = True
+        self.model.generation_config.compile_config = compile_config
+        self.info.update(cache_implementation="static", compile_mode=compile_config.mode)
+
     def input_device(self) -> torch.device:
         return torch.device("cuda:0") if self.config["num_gpus"] > 0 else torch.device("cpu")
 
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, new_tokens: int) -> torch.Tensor:
         with torch.inference_mode():
-            return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=False,
-                                       max_new_tokens=new_tokens, min_new_tokens=new_tokens, use_cache=True,
-                                       pad_token_id=self.model.config.pad_token_id)
+            out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=False,
+                                      max_new_tokens=new_tokens, min_new_tokens=new_tokens, use_cache=True,
+                                      pad_token_id=self.model.config.pad_token_id)
+        if self.config["backend"]["compile"]:
+            # whether generate() compiled (its criteria: a compilable cache, no offload, no bnb int8)
+            self.info["compiled"] = getattr(self.model, "_compiled_call", None) is not None
+        return out
 
     def close(self) -> None:
         if self.offload_dir:

@@ -15,8 +15,10 @@ from pathlib import Path
 
 import torch
 
+from backends import maxbatch
 from backends.env import collect_env
 from backends.measure import measure, prompts, synchronize
+from backends.roofline import roofline, sweep_ceilings
 from backends.synthetic import checkpoint_dir
 from runner.progress import PHASE_FILE
 from runner.result import new_result, write_result
@@ -98,6 +100,38 @@ def claim_result(job_dir: Path, result: dict) -> bool:
         tmp.unlink(missing_ok=True)
 
 
+def job_ceilings(job: dict, job_dir: Path, device: torch.device) -> dict:
+    """The device's bandwidth and matmul ceilings, measured once per sweep (backends/roofline.py): cached in
+    the sweep directory (job.json's sweep_dir; a multirun job's parent holds sweep.json), else the job's."""
+    sweep_dir = job.get("sweep_dir") or (job_dir.parent if (job_dir.parent / "sweep.json").exists() else job_dir)
+    return sweep_ceilings(Path(sweep_dir), device, job["job"], write=rank() == 0)
+
+
+def search_max_batch(backend, config: dict, vocab: int, stream: int, fields: dict, phase) -> int:
+    """batch_size=max: the largest batch that fits (backends/maxbatch.py), measured; the search, the size
+    found and the size measured (max_batch_size) are recorded in `fields` with the measurement."""
+    def fits(b: int) -> None:
+        ids, mask = prompts({**config, "batch_size": b}, vocab, stream, backend.input_device())
+        for _ in range(2):  # as measured: the next generate starts before the last one's garbage is collected
+            backend.generate(ids, mask, config["new_tokens"])
+        synchronize()
+
+    def measure_at(b: int) -> dict:
+        if torch.cuda.is_available():
+            for i in range(torch.cuda.device_count()):
+                torch.cuda.reset_peak_memory_stats(i)  # peak_mem_gib: the measurement at the size found
+        return measure(backend, {**config, "batch_size": b}, vocab, stream=stream, phase=phase)
+
+    fields["max_batch_search"] = []  # filled try by try: a search that fails midway still shows its tries
+    found = maxbatch.search(fits, config["max_batch_cap"], is_oom, fields["max_batch_search"])
+    fields.update(max_batch_found=found, max_batch_size=found)
+    if found == 0:
+        raise MemoryError("batch_size=max: not even batch size 1 fits (out of memory)")
+    size, measured = maxbatch.measure_largest(measure_at, found, is_oom, fields["max_batch_search"])
+    fields.update(measured, max_batch_size=size)
+    return size
+
+
 # The loaded backend and its load time; kept across jobs only when serving a session.
 _loaded: dict = {}
 
@@ -115,6 +149,7 @@ def run(job: dict, job_dir: Path, serving: bool = False) -> dict:
     try:
         if backend is None:
             backend = make_backend(config)
+            fields["env"]["ceilings"] = job_ceilings(job, job_dir, backend.input_device())
             if config["host_mem_limit_gib"] is not None:
                 limit_host_memory(config["host_mem_limit_gib"])
             if hasattr(backend, "prepare"):  # untimed: process group, files written once per checkpoint
@@ -134,7 +169,16 @@ def run(job: dict, job_dir: Path, serving: bool = False) -> dict:
         # Distinct prompts per rank only where ranks generate distinct streams (ZeRO); tensor-parallel
         # ranks must all see the same batch.
         stream = rank() if backend.streams > 1 else 0
-        fields.update(measure(backend, config, vocab, stream=stream, phase=phase))
+        if "ceilings" not in fields["env"]:  # serving: the model was loaded for an earlier job
+            fields["env"]["ceilings"] = job_ceilings(job, job_dir, backend.input_device())
+        if config["batch_size"] == "max":
+            phase("searching the largest batch that fits")
+            config = {**config, "batch_size": search_max_batch(backend, config, vocab, stream, fields, phase)}
+        else:
+            fields.update(measure(backend, config, vocab, stream=stream, phase=phase))
+        tp = int(os.environ.get("WORLD_SIZE", "1")) if config["backend"]["name"] == "ds-inference" else 1
+        fields["roofline"] = roofline(backend.model, config, config["batch_size"], fields["decode_ms_per_step"],
+                                      fields["env"]["ceilings"], tp)
         fields["prompt_logits_top5"] = logits_probe(backend, config, vocab, stream)
         fields.update(gather_ranks(fields))
         return new_result(job, "ok", **fields)

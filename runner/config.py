@@ -21,7 +21,12 @@ class AccelerateConfig:
     # GiB of weights kept on the execution device (GPU 0, or the CPU when num_gpus=0) when
     # offload=cpu|nvme; the rest is streamed from CPU RAM or disk at every forward.
     resident_gib: float = 1.0
+    # null: transformers' default (sdpa where the model supports it) | sdpa | eager; backend_info
+    # records the one that ran (model.config._attn_implementation).
     attn_implementation: str | None = None
+    # true: generate() with a static KV cache (generation_config.cache_implementation = "static"),
+    # which transformers compiles with torch.compile (the first generate pays the compilation).
+    compile: bool = False
 
 
 @dataclass
@@ -92,7 +97,10 @@ class SweepConfig:
     # Processes the DeepSpeed backends start when num_gpus=0 (tensor parallelism or ZeRO over CPU
     # ranks, gloo); on GPUs the world size is num_gpus. Accelerate always runs one process.
     cpu_ranks: int = 1
-    batch_size: int = 1
+    # A positive int, or max: the largest batch that fits, found by search (doubling, then bisection,
+    # up to max_batch_cap) in the loaded worker, then measured; checked in runner/validate.py.
+    batch_size: Any = 1
+    max_batch_cap: int = 1024
     new_tokens: int = 100
     prompt_tokens: int = 8
     repeats: int = 3

@@ -10,8 +10,28 @@ IMPLEMENTED_BACKENDS = ("accelerate", "ds-inference", "ds-zero")
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 
 
+def batch_size_error(config: dict) -> str | None:
+    """batch_size is a positive int or `max` (the largest that fits, found by search up to max_batch_cap)."""
+    value = config["batch_size"]
+    if value == "max":
+        if config["max_batch_cap"] < 1:
+            return f"max_batch_cap={config['max_batch_cap']}: must be >= 1"
+        if config["backend"]["name"] != "accelerate" and (config["num_gpus"] or config["cpu_ranks"]) > 1:
+            return ("batch_size=max: the search runs in one process (an out-of-memory on one rank of several "
+                    "cannot be retried; allowed with one GPU or cpu_ranks=1, or backend=accelerate)")
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        return f"batch_size={value}: allowed: a positive int or max"
+    return None
+
+
 def _positive(config: dict) -> str | None:
+    reason = batch_size_error(config)
+    if reason:
+        return reason
     for key in ("batch_size", "new_tokens", "prompt_tokens", "repeats", "timeout_s"):
+        if config[key] == "max":
+            continue
         if config[key] <= 0:
             return f"{key}={config[key]}: must be > 0"
     if config["host_mem_limit_gib"] is not None and config["host_mem_limit_gib"] <= 0:
@@ -40,6 +60,9 @@ def _backend(config: dict, stack: Stack) -> str | None:
             return f"backend.device_map={device_map}: allowed: {', '.join(DEVICE_MAPS)}"
         if device_map == "balanced_low_0" and config["num_gpus"] < 2:
             return "backend.device_map=balanced_low_0: keeping GPU 0 free of weights needs num_gpus >= 2"
+        if config["backend"]["attn_implementation"] not in (None, "eager") and model_type(config) == "bloom":
+            return (f"backend.attn_implementation={config['backend']['attn_implementation']}: transformers has "
+                    "only eager attention for BLOOM (allowed for BLOOM: eager or null)")
     return None
 
 

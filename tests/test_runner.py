@@ -87,7 +87,7 @@ def test_timeout_kills_the_whole_tree(tmp_path, cache_dir):
 
 @pytest.mark.parametrize("override, names", [
     ("batchsize=3", ["batchsize"]),
-    ("batch_size=abc", ["batch_size", "abc"]),
+    ("new_tokens=abc", ["new_tokens", "abc"]),  # batch_size=abc: `invalid` (it also takes max)
     ("backend=foo", ["backend/foo", "accelerate", "ds-inference", "ds-zero"]),
     ("dtype=int4", ["dtype/int4", "bf16", "fp16", "fp32", "int8"]),
 ])
