@@ -18,12 +18,14 @@ from scipy import stats
 from analysis.tables import row_labels
 
 IGNORED = ("config.timeout_s", "config.cache_dir", "config.repeats")
+IGNORED_GROUPS = ("config.cluster.",)  # where a job ran (partition, account, hostfile, ...), not what it measured
 VERDICTS = ("regressed", "improved", "unchanged", "new", "missing")
 
 
 def shared_config(frames: list[pd.DataFrame]) -> list[str]:
     """The config columns every one of the sweeps has: a key added to the config later is not compared."""
-    have = [{c for c in df if c.startswith("config.") and c not in IGNORED and df[c].notna().any()} for df in frames]
+    have = [{c for c in df if c.startswith("config.") and c not in IGNORED
+             and not c.startswith(IGNORED_GROUPS) and df[c].notna().any()} for df in frames]
     return sorted(set.intersection(*have))
 
 

@@ -3,12 +3,14 @@
 The yaml files under conf/ pick these schemas as defaults, so a typo'd key, a wrong type or an
 unknown option fails at compose time, before any job runs.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
+
+from runner.cluster import ClusterConfig
 
 
 @dataclass
@@ -97,6 +99,8 @@ class SweepConfig:
     # Processes the DeepSpeed backends start when num_gpus=0 (tensor parallelism or ZeRO over CPU
     # ranks, gloo); on GPUs the world size is num_gpus. Accelerate always runs one process.
     cpu_ranks: int = 1
+    # Nodes a DeepSpeed job spans (world size num_nodes x ranks per node); see runner/cluster.py.
+    num_nodes: int = 1
     # A positive int, or max: the largest batch that fits, found by search (doubling, then bisection,
     # up to max_batch_cap) in the loaded worker, then measured; checked in runner/validate.py.
     batch_size: Any = 1
@@ -118,6 +122,8 @@ class SweepConfig:
     host_mem_limit_gib: float | None = None
     # Where synthetic checkpoints are cached; null: $INFERSWEEP_CACHE or ~/.cache/infersweep.
     cache_dir: str | None = None
+    # SLURM resources and multi-node placement (runner/cluster.py, docs/cluster.md).
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
 
 def register_configs() -> None:

@@ -11,6 +11,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from backends.synthetic import checkpoint_ready
+from runner import cluster
 from runner.launch import launcher_command, run_process
 from runner.progress import PHASE_FILE, Progress, job_label
 from runner.result import RESULT_FILE, new_result, read_result, set_aside, write_result
@@ -51,7 +52,7 @@ def _sweep_position() -> tuple:
 # outcomes of one attempt (a crash, a kill, a hang, a busy machine), so rerun=failed tries them again.
 KEEP = {"none": ("ok", "oom", "invalid", "error", "timeout"), "failed": ("ok", "oom", "invalid"), "all": ()}
 # Keys that do not change what a finished job measured: changing them does not make its result stale.
-NOT_MEASURED = ("rerun", "timeout_s")
+NOT_MEASURED = ("rerun", "timeout_s", "cluster")  # cluster: where the job ran (runner/cluster.py)
 
 
 def _differences(old: dict, new: dict, prefix: str = "") -> list:
@@ -172,6 +173,7 @@ def _run_in_session(job: dict, job_dir: Path, python: str, progress: Progress) -
     return session.run(job_dir, config["timeout_s"], progress.tick), offset
 
 
+@cluster.multinode_job
 def run_job(cfg: DictConfig) -> dict:
     job_dir = Path(HydraConfig.get().runtime.output_dir)
     job_dir.mkdir(parents=True, exist_ok=True)
@@ -235,6 +237,7 @@ def _run(job: dict, job_dir: Path, log_path: Path, progress: Progress) -> dict:
                               + failure_reason(_log_since(log_path, offset), rc))
 
     progress.phase("launching")
+    cluster.release(config, job_dir, launch=True)  # multi-node: the other nodes start their ranks too
     if config["isolate"]:
         cmd = launcher_command(config, python, job_dir, visible_gpus())
         offset = _size(log_path)

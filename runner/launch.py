@@ -10,6 +10,8 @@ from pathlib import Path
 
 import psutil
 
+from runner import cluster
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 WORKER = "backends.worker"
 
@@ -55,6 +57,9 @@ def deepspeed_command(config: dict, python: str, job_dir: Path, gpu_ids: tuple) 
     if n == 0:
         env += [f"LOCAL_SIZE={world}", "DS_ACCELERATOR=cpu"]
     cmd = ["env", *env, python, "-m", "deepspeed.launcher.runner"]
+    nodes = cluster.deepspeed_args(config, job_dir)  # num_nodes > 1: hostfile, master addr/port, node rank
+    if nodes:
+        return cmd + nodes + ["--no_local_rank", "--module", WORKER, str(job_dir)]
     ids = tuple(gpu_ids[:n])
     if n == 0 or ids == tuple(str(i) for i in range(n)):
         cmd += ["--num_gpus", str(world)]

@@ -4,6 +4,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from runner.cluster import nodes_reason
 from runner.stack import Stack
 
 IMPLEMENTED_BACKENDS = ("accelerate", "ds-inference", "ds-zero")
@@ -212,5 +213,5 @@ def _model(config: dict) -> str | None:
 
 def invalid_reason(config: dict, stack: Stack, gpus: tuple) -> str | None:
     """Why the job described by the resolved `config` cannot run on `stack` and `gpus`, or None."""
-    return (_positive(config) or _gpus(config, gpus) or _backend(config, stack) or _dtype(config, stack)
-            or _offload(config) or _model(config))
+    return (_positive(config) or nodes_reason(config) or _gpus(config, gpus) or _backend(config, stack)
+            or _dtype(config, stack) or _offload(config) or _model(config))
