@@ -17,12 +17,17 @@ OPTION_KEYS = {"config.backend.compile": "compile=", "config.backend.attn_implem
                "config.backend.cuda_graph": "cuda_graph="}
 
 
+def _text(value) -> str:
+    """A label part; null (stack=null: the runner's own environment) reads "default"."""
+    return "default" if pd.isna(value) else str(value)
+
+
 def row_labels(df: pd.DataFrame) -> pd.Series:
     """backend+dtype, with model, num_gpus, offload, token counts and stack added where they vary, and the
     backend/dtype options of OPTION_KEYS where they vary (compile, attention, int8 threshold, ...)."""
-    varying = [k for k in LABEL_KEYS if k in df and df[k].astype(str).nunique() > 1]
+    varying = [k for k in LABEL_KEYS if k in df and df[k].map(_text).nunique() > 1]
     keys = [k for k in LABEL_KEYS if k in ("config.backend.name", "config.dtype.name") or k in varying]
-    labels = df[keys].astype(str).apply(lambda r: " ".join(SHORT.get(k, "") + r[k] for k in keys), axis=1)
+    labels = df[keys].map(_text).apply(lambda r: " ".join(SHORT.get(k, "") + r[k] for k in keys), axis=1)
     for key, short in OPTION_KEYS.items():
         if key in df and df[key].dropna().astype(str).nunique() > 1:
             labels = labels + [f" {short}{v}" if pd.notna(v) else "" for v in df[key]]
