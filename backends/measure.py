@@ -47,8 +47,15 @@ def timed(fn: Callable) -> tuple:
     return time.perf_counter() - start, out
 
 
+def reset_peak_memory() -> None:
+    """Start this job's GPU peak afresh (a shared worker has measured other batch sizes before)."""
+    for i in range(torch.cuda.device_count()):
+        torch.cuda.reset_peak_memory_stats(i)
+
+
 def peak_memory_gib() -> list:
-    """Peak memory per GPU; the process's peak resident set on a machine without a GPU."""
+    """Peak memory per GPU since reset_peak_memory() (the resident weights included); without a GPU, the
+    process's peak resident set, which cannot be reset (in a shared worker: the peak of all its jobs)."""
     if torch.cuda.is_available():
         return [round(torch.cuda.max_memory_allocated(i) / 2**30, 3) for i in range(torch.cuda.device_count())]
     return [round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)]
@@ -57,6 +64,7 @@ def peak_memory_gib() -> list:
 def measure(backend: Backend, config: dict, vocab_size: int, stream: int, phase: Callable[[str], None]) -> dict:
     bs, new_tokens, repeats = config["batch_size"], config["new_tokens"], config["repeats"]
     ids, mask = prompts(config, vocab_size, stream, backend.input_device())
+    reset_peak_memory()
 
     phase("warm-up")
     warmup_s, out = timed(lambda: backend.generate(ids, mask, new_tokens))
