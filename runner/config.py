@@ -84,7 +84,7 @@ class ModelConfig:
 class Rerun(Enum):
     """Which finished jobs a sweep run again in the same directory measures again (docs/reliability.md)."""
     none = "none"  # keep every finished result, whatever its status
-    failed = "failed"  # re-run error and timeout (accidents of the run); keep ok, oom, invalid
+    failed = "failed"  # re-run error and timeout (accidents of the run), re-check invalid; keep ok, oom
     all = "all"  # re-run every job
 
 

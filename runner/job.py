@@ -48,9 +48,10 @@ def _sweep_position() -> tuple:
 
 
 # Finished results that a sweep run again in the same directory keeps, by `rerun` (config.Rerun):
-# ok, oom and invalid are properties of the configuration on this machine; error and timeout are
-# outcomes of one attempt (a crash, a kill, a hang, a busy machine), so rerun=failed tries them again.
-KEEP = {"none": ("ok", "oom", "invalid", "error", "timeout"), "failed": ("ok", "oom", "invalid"), "all": ()}
+# ok and oom are measurements of the configuration on this machine; error and timeout are outcomes of
+# one attempt (a crash, a kill, a hang, a busy machine), so rerun=failed tries them again; invalid is
+# checked again too: it costs no model load, and depends on the machine (GPUs visible, libraries, paths).
+KEEP = {"none": ("ok", "oom", "invalid", "error", "timeout"), "failed": ("ok", "oom"), "all": ()}
 # Keys that do not change what a finished job measured: changing them does not make its result stale.
 NOT_MEASURED = ("rerun", "timeout_s", "cluster")  # cluster: where the job ran (runner/cluster.py)
 
@@ -126,16 +127,25 @@ def exception_lines(text: str) -> list:
     return found
 
 
-def failure_reason(text: str, rc: int) -> str:
-    """Why a job's processes ended without a result, from what this attempt wrote to its log: the signal
-    that killed a worker or rank (with faulthandler's words for it), else the last line of the worker's
-    own exception (not the launcher's report of its exit), else the exit code and the last line."""
+def signal_death(text: str) -> str | None:
+    """`killed by SIGKILL` when a launcher's output says that a worker or rank died of a signal (with
+    faulthandler's words for a fatal one: `killed by SIGSEGV (Segmentation fault)`), else None."""
     for pattern in SIGNAL_DEATHS:
         match = pattern.search(text)
         if match:
             name = match.group(1) if match.group(1).startswith("SIG") else _signal_name(match.group(1))
             fatal = FATAL_ERROR.search(text)
             return f"killed by {name}" + (f" ({fatal.group(1).strip()})" if fatal else "")
+    return None
+
+
+def failure_reason(text: str, rc: int) -> str:
+    """Why a job's processes ended without a result, from what this attempt wrote to its log: the signal
+    that killed a worker or rank, else the last line of the worker's own exception (not the launcher's
+    report of its exit), else the exit code and the last line."""
+    death = signal_death(text)
+    if death:
+        return death
     if rc < 0:
         return f"launcher killed by {_signal_name(str(-rc))}"
     exceptions = [line for line in exception_lines(text) if not line.startswith(LAUNCHER_EXCEPTIONS)]
@@ -251,6 +261,12 @@ def _run(job: dict, job_dir: Path, log_path: Path, progress: Progress) -> dict:
         aside = set_aside(job_dir, "corrupt")
         return new_result(job, "error", f"the worker left a {e}; moved to {aside.name}")
     if result is not None:
+        if result["status"] == "error" and rc:
+            # A rank that died of a signal writes nothing; a peer that saw it go reports `error` first
+            # (gloo/NCCL: connection reset). Name the cause before the symptom.
+            death = signal_death(_log_since(Path(job["log"]), offset))
+            if death:
+                result["reason"] = f"a rank was {death}; then: {result['reason']}"
         return result
     if rc is None:
         return new_result(job, "timeout", f"no result within timeout_s={config['timeout_s']}")

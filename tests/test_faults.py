@@ -18,6 +18,8 @@ import psutil
 import pytest
 from conftest import ROOT, results, run_runner
 
+from runner.job import failure_reason, signal_death
+
 WORKER = "backends.worker"
 SMALL = ["new_tokens=8", "repeats=2", "prompt_tokens=4"]
 
@@ -183,6 +185,33 @@ def test_uncaught_exception_in_the_worker_is_error_with_its_last_line(tmp_path, 
     assert "CalledProcessError" in (tmp_path / "job" / "job.log").read_text()  # what the reason skipped
 
 
+ACCELERATE_KILLED = """Traceback (most recent call last):
+  File "/venv/lib/python3.11/site-packages/accelerate/commands/launch.py", line 999, in simple_launcher
+    raise subprocess.CalledProcessError(returncode=process.returncode, cmd=cmd)
+subprocess.CalledProcessError: Command '['/venv/bin/python', '-m', 'backends.worker', '/s/0']' died with <Signals.SIGKILL: 9>.
+"""
+DEEPSPEED_RANK_KILLED = """RuntimeError: [gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:46726: Connection reset by peer.
+worker rank 0: error RuntimeError: Connection reset by peer
+[launch.py:253:sigkill_handler] Killing subprocess 32573
+[launch.py:259:sigkill_handler] ['/venv/bin/python', '-u', '-m', 'backends.worker', '/s/0'] exits with return code = -9
+"""
+
+
+def test_failure_reasons_from_launcher_output():
+    """What the reason says for each way a launcher reports a death (the logs of the real faults above and
+    of tests/test_deepspeed.py::test_dead_rank_ends_the_job_without_hanging)."""
+    assert failure_reason(ACCELERATE_KILLED, 1) == "killed by SIGKILL"
+    assert failure_reason(DEEPSPEED_RANK_KILLED, 247) == "killed by SIGKILL"
+    assert signal_death(DEEPSPEED_RANK_KILLED.replace("= -9", "= 1")) is None  # a rank that raised: its own line
+    assert failure_reason("Fatal Python error: Aborted\n" + ACCELERATE_KILLED.replace("SIGKILL: 9", "SIGABRT: 6"), 1) \
+        == "killed by SIGABRT (Aborted)"
+    assert failure_reason("Traceback (most recent call last):\n  File \"x\", line 1\nImportError: no module x\n"
+                          + ACCELERATE_KILLED.replace("died with <Signals.SIGKILL: 9>", "returned non-zero exit status 1"),
+                          1) == "ImportError: no module x"
+    assert failure_reason("", -9) == "launcher killed by SIGKILL"
+    assert failure_reason("some output\nlast words\n", 3) == "exit code 3: last words"
+
+
 # -- interrupted sweeps and resume ----------------------------------------------------------------------
 
 def test_ctrl_c_mid_sweep_then_resume_runs_only_the_rest(tmp_path, cache_dir):
@@ -237,8 +266,8 @@ def invalid_and_timeout(sweep: Path, *extra: str) -> list:
 
 
 def test_resume_keeps_by_status_and_rerun_forces(tmp_path, cache_dir):
-    """rerun=failed (default) runs error/timeout again and keeps the rest; rerun=none keeps all; rerun=all
-    runs all."""
+    """rerun=failed (default) runs error/timeout again, checks invalid again and keeps ok/oom; rerun=none
+    keeps all; rerun=all runs all."""
     sweep = tmp_path / "sweep"
     proc = run_runner(invalid_and_timeout(sweep), cache_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -249,13 +278,18 @@ def test_resume_keeps_by_status_and_rerun_forces(tmp_path, cache_dir):
         before = [stamp(p) for p in paths]
         proc = run_runner(invalid_and_timeout(sweep, *extra), cache_dir)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        assert [r["status"] for r in results(sweep)] == ["timeout", "invalid"]
         return [stamp(p) != b for p, b in zip(paths, before, strict=True)]
 
-    assert rerun() == [True, False]
+    assert rerun() == [True, True]
+    assert [r["status"] for r in results(sweep)] == ["timeout", "invalid"]
     assert rerun("rerun=none") == [False, False]
-    assert rerun("rerun=failed") == [True, False]
+    assert rerun("rerun=failed") == [True, True]
+    # Job 0 as a run that measured it would have left it (a real ok needs a model load: see the Ctrl-C test).
+    ok = {**json.loads(paths[0].read_text()), "status": "ok", "reason": ""}
+    paths[0].write_text(json.dumps(ok))
+    assert rerun() == [False, True]
     assert rerun("rerun=all") == [True, True]
+    assert [r["status"] for r in results(sweep)] == ["timeout", "invalid"]
 
 
 def test_corrupt_result_is_named_set_aside_and_run_again(tmp_path, cache_dir):
