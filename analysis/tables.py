@@ -4,9 +4,9 @@ from collections.abc import Iterator
 import pandas as pd
 
 # Identity columns that, where they vary within the results, become part of a row's label.
-LABEL_KEYS = ("config.model.name", "config.num_gpus", "config.backend.name", "config.dtype.name",
+LABEL_KEYS = ("config.model.name", "config.num_gpus", "config.num_nodes", "config.backend.name", "config.dtype.name",
               "config.offload.name", "config.new_tokens", "config.prompt_tokens", "config.stack")
-SHORT = {"config.model.name": "", "config.num_gpus": "gpus=", "config.offload.name": "offload=",
+SHORT = {"config.model.name": "", "config.num_gpus": "gpus=", "config.num_nodes": "nodes=", "config.offload.name": "offload=",
          "config.new_tokens": "new=", "config.prompt_tokens": "prompt=", "config.stack": "stack="}
 
 

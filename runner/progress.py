@@ -13,6 +13,8 @@ def _clock(seconds: float) -> str:
 
 def job_label(config: dict) -> str:
     label = f"{config['backend']['name']} {config['dtype']['name']} gpus={config['num_gpus']} bs={config['batch_size']}"
+    if config.get("num_nodes", 1) > 1:
+        label += f" nodes={config['num_nodes']}"
     if config["offload"]["name"] != "none":
         label += f" offload={config['offload']['name']}"
     if config["stack"]:

@@ -108,8 +108,9 @@ def test_submitit_slurm_sweep_on_a_fake_slurm(tmp_path, cache_dir, monkeypatch):
     assert res[1]["status"] == "ok", res[1]["reason"]
     assert res[1]["backend_info"]["world_size"] == 2 and sorted(r["rank"] for r in res[1]["per_rank"]) == [0, 1]
     assert "--no_ssh --node_rank 1" in (sweep_dir / "1" / "job.node1.log").read_text()
-    assert "[2/2 done]" in proc.stderr and "ds-zero fp32 gpus=0 bs=1 ok" in proc.stderr
-    assert "ds-zero fp32" in proc.stdout and (sweep_dir / "seed_table.csv").exists()
+    assert "[2/2 done]" in proc.stderr and "ds-zero fp32 gpus=0 bs=1 nodes=2 ok" in proc.stderr
+    table = (sweep_dir / "seed_table.csv").read_text()
+    assert "nodes=1 ds-zero fp32,error" in table and "nodes=2 ds-zero fp32," in table
 
 
 # --- SLURM: resources per job, and the sbatch script -------------------------------------------------
