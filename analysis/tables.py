@@ -4,10 +4,11 @@ from collections.abc import Iterator
 import pandas as pd
 
 # Identity columns that, where they vary within the results, become part of a row's label.
-LABEL_KEYS = ("config.model.name", "config.num_gpus", "config.num_nodes", "config.backend.name", "config.dtype.name",
-              "config.offload.name", "config.new_tokens", "config.prompt_tokens", "config.stack")
-SHORT = {"config.model.name": "", "config.num_gpus": "gpus=", "config.num_nodes": "nodes=", "config.offload.name": "offload=",
-         "config.new_tokens": "new=", "config.prompt_tokens": "prompt=", "config.stack": "stack="}
+LABEL_KEYS = ("config.model.name", "config.num_gpus", "config.cpu_ranks", "config.num_nodes", "config.backend.name",
+              "config.dtype.name", "config.offload.name", "config.new_tokens", "config.prompt_tokens", "config.stack")
+SHORT = {"config.model.name": "", "config.num_gpus": "gpus=", "config.cpu_ranks": "ranks=", "config.num_nodes": "nodes=",
+         "config.offload.name": "offload=", "config.new_tokens": "new=", "config.prompt_tokens": "prompt=",
+         "config.stack": "stack="}
 
 
 # Backend and dtype options that a sweep compares (issue 7): added where they vary among the jobs that have

@@ -8,7 +8,7 @@ import psutil
 import torch
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-TORCH_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.float16}
+from backends.hf import TORCH_DTYPE, dtype_kwargs, greedy_generate
 
 
 class AccelerateBackend:
@@ -32,7 +32,8 @@ class AccelerateBackend:
 
     def load(self) -> None:
         cfg = self.config
-        kwargs = {"dtype": TORCH_DTYPE[cfg["dtype"]["name"]]}
+        dtype = TORCH_DTYPE[cfg["dtype"]["name"]]
+        kwargs = dtype_kwargs(dtype)
         if cfg["backend"]["attn_implementation"]:
             kwargs["attn_implementation"] = cfg["backend"]["attn_implementation"]
         if cfg["dtype"]["name"] == "int8":
@@ -50,7 +51,7 @@ class AccelerateBackend:
         # transformers sets hf_device_map only when accelerate dispatched the model over several devices.
         device_map = getattr(self.model, "hf_device_map", None) or {"": next(self.model.parameters()).device}
         placement = Counter(str(d) for d in device_map.values())
-        self.info = {"device_map": dict(placement), "dtype": str(kwargs["dtype"])}
+        self.info = {"device_map": dict(placement), "dtype": str(dtype)}
         if cfg["dtype"]["name"] == "int8":
             self.info["llm_int8_threshold"] = cfg["dtype"]["llm_int8_threshold"]
         self.info["attn_implementation"] = self.model.config._attn_implementation  # what runs, not what was asked
@@ -80,10 +81,7 @@ class AccelerateBackend:
         return torch.device("cuda:0") if self.config["num_gpus"] > 0 else torch.device("cpu")
 
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, new_tokens: int) -> torch.Tensor:
-        with torch.inference_mode():
-            out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=False,
-                                      max_new_tokens=new_tokens, min_new_tokens=new_tokens, use_cache=True,
-                                      pad_token_id=self.model.config.pad_token_id)
+        out = greedy_generate(self.model, input_ids, attention_mask, new_tokens)
         if self.config["backend"]["compile"]:
             # whether generate() compiled (its criteria: a compilable cache, no offload, no bnb int8)
             self.info["compiled"] = getattr(self.model, "_compiled_call", None) is not None

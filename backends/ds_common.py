@@ -1,4 +1,4 @@
-"""What the two DeepSpeed backends share: the process group, devices, dtypes, version checks.
+"""What the two DeepSpeed backends share: the process group, devices, stale op-build locks.
 
 Every rank of a `deepspeed --num_gpus N` job runs this; the launcher sets RANK, LOCAL_RANK, WORLD_SIZE,
 MASTER_ADDR/PORT. On a machine without a GPU DeepSpeed picks its CPU accelerator and gloo.
@@ -8,9 +8,6 @@ import os
 from pathlib import Path
 
 import torch
-import transformers
-
-TORCH_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.float16}
 
 
 def world_size() -> int:
@@ -23,19 +20,6 @@ def local_rank() -> int:
 
 def global_rank() -> int:
     return int(os.environ.get("RANK", "0"))
-
-
-def transformers_version() -> tuple:
-    parts = []
-    for part in transformers.__version__.split(".")[:2]:
-        parts.append(int("".join(c for c in part if c.isdigit()) or 0))
-    return tuple(parts)
-
-
-def dtype_kwargs(dtype: torch.dtype) -> dict:
-    """from_pretrained/from_config's dtype argument: `dtype` since transformers 4.56, `torch_dtype` before
-    (the 4.43.4 stack that DeepSpeed's BLOOM kernels need)."""
-    return {"dtype": dtype} if transformers_version() >= (4, 56) else {"torch_dtype": dtype}
 
 
 def device(config: dict) -> torch.device:

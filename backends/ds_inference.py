@@ -27,16 +27,8 @@ import deepspeed  # at import time: before the worker caps host memory (host_mem
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from backends.ds_common import (
-    TORCH_DTYPE,
-    barrier,
-    device,
-    dtype_kwargs,
-    global_rank,
-    init_distributed,
-    transformers_version,
-    world_size,
-)
+from backends.ds_common import barrier, device, global_rank, init_distributed, world_size
+from backends.hf import TORCH_DTYPE, dtype_kwargs, greedy_generate, transformers_version
 from backends.synthetic import cache_root
 
 # DeepSpeed's BLOOM container refuses transformers newer than this (module_inject/containers/bloom.py).
@@ -301,7 +293,4 @@ class DSInferenceBackend:
         return device(self.config)
 
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, new_tokens: int) -> torch.Tensor:
-        with torch.no_grad():
-            return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=False,
-                                       max_new_tokens=new_tokens, min_new_tokens=new_tokens, use_cache=True,
-                                       pad_token_id=self.model.config.pad_token_id)
+        return greedy_generate(self.model, input_ids, attention_mask, new_tokens)

@@ -12,7 +12,8 @@ import deepspeed  # at import time: before the worker caps host memory (host_mem
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from backends.ds_common import TORCH_DTYPE, device, dtype_kwargs, init_distributed, world_size
+from backends.ds_common import device, init_distributed, world_size
+from backends.hf import TORCH_DTYPE, dtype_kwargs, greedy_generate
 
 
 def hidden_size(hf_config) -> int:
@@ -113,10 +114,7 @@ class DSZeroBackend:
 
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, new_tokens: int) -> torch.Tensor:
         # synced_gpus: a rank that has finished keeps stepping so that the others' all-gathers complete.
-        with torch.no_grad():
-            return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=False,
-                                       max_new_tokens=new_tokens, min_new_tokens=new_tokens, use_cache=True,
-                                       pad_token_id=self.model.config.pad_token_id, synced_gpus=self.world > 1)
+        return greedy_generate(self.model, input_ids, attention_mask, new_tokens, synced_gpus=self.world > 1)
 
     def close(self) -> None:
         if self.nvme_dir:

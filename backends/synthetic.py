@@ -45,7 +45,7 @@ def build_checkpoint(config: dict) -> Path:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from backends.ds_common import dtype_kwargs
+    from backends.hf import dtype_kwargs
 
     target = checkpoint_dir(config)
     if checkpoint_ready(config):

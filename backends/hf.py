@@ -1,0 +1,29 @@
+"""What every backend does with a Hugging Face model: the torch dtype of a `dtype` option, from_pretrained's
+dtype argument across transformers versions, and the one generate call the measurement is defined on."""
+import torch
+import transformers
+
+# int8 loads fp16 weights and quantises them (bitsandbytes, DeepSpeed's int8 kernels).
+TORCH_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.float16}
+
+
+def transformers_version() -> tuple:
+    parts = []
+    for part in transformers.__version__.split(".")[:2]:
+        parts.append(int("".join(c for c in part if c.isdigit()) or 0))
+    return tuple(parts)
+
+
+def dtype_kwargs(dtype: torch.dtype) -> dict:
+    """from_pretrained/from_config's dtype argument: `dtype` since transformers 4.56, `torch_dtype` before
+    (the 4.43.4 stack that DeepSpeed's BLOOM kernels need)."""
+    return {"dtype": dtype} if transformers_version() >= (4, 56) else {"torch_dtype": dtype}
+
+
+def greedy_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, new_tokens: int,
+                    **extra) -> torch.Tensor:
+    """Greedy decoding of exactly `new_tokens` tokens with the KV cache on (the seed's generate args)."""
+    with torch.no_grad():
+        return model.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=False,
+                              max_new_tokens=new_tokens, min_new_tokens=new_tokens, use_cache=True,
+                              pad_token_id=model.config.pad_token_id, **extra)
