@@ -157,6 +157,18 @@ def kill_tree(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
     _signal_all(alive, signal.SIGKILL)
     psutil.wait_procs(alive, timeout=grace_s)
     proc.wait()
+    release_shared_memory(proc.args)
+
+
+def release_shared_memory(cmd: list) -> None:
+    """Remove the shared-memory allreduce buffers of a DeepSpeed job on the CPU: its ranks never unlink
+    them (/dev/shm/deepspeed_allreduce_buffer_<uid>_<addr>_<port>_<rank>, about 64 MiB per rank), and a
+    CPU sweep filled a 24 GB machine's /dev/shm with them. The job's master port names them."""
+    if "--master_port" not in cmd:
+        return
+    port = cmd[cmd.index("--master_port") + 1]
+    for path in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*"):
+        path.unlink(missing_ok=True)
 
 
 def run_process(cmd: list, log_path: Path, timeout_s: float, env: dict | None = None,

@@ -6,6 +6,7 @@ rules and the ZeRO config.
 """
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -144,6 +145,15 @@ def test_sweep_statuses(sweep):
     for key, r in ran.items():
         assert r["status"] == "ok", (key, r["reason"])
         assert r["load_s"] > 0 and r["ms_per_token"] > 0 and len(r["generate_s"]) == 1
+
+
+def test_shared_memory_buffers_released(sweep):
+    """DeepSpeed's CPU ranks leave their allreduce buffers in /dev/shm; the runner removes them."""
+    ports = {re.search(r"--master_port (\d+)", Path(r["log"]).read_text()).group(1)
+             for key, r in sweep.items() if key[0] != "accelerate" and r["status"] == "ok"}
+    assert ports
+    left = [p.name for p in Path("/dev/shm").glob("deepspeed_allreduce_buffer_*") if p.name.split("_")[-2] in ports]
+    assert left == []
 
 
 def test_launched_by_deepspeed_with_threads_per_rank(sweep):
