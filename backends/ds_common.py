@@ -26,16 +26,33 @@ def device(config: dict) -> torch.device:
     return torch.device("cuda", local_rank()) if config["num_gpus"] > 0 else torch.device("cpu")
 
 
-def clear_stale_build_locks(max_age_s: float = 300.0) -> list:
+def _held_open(path: Path) -> bool:
+    """Whether a process on this host has `path` open: torch's FileBaton keeps its lock's fd open for
+    the whole build, so a lock nobody holds was left by a process that died."""
+    target = str(path.resolve())
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            if any(os.readlink(fd) == target for fd in fd_dir.iterdir()):
+                return True
+        except OSError:  # the process ended meanwhile, or belongs to another user
+            continue
+    return False
+
+
+def clear_stale_build_locks(grace_s: float = 10.0, max_age_s: float = 300.0) -> list:
     """DeepSpeed JIT-builds (or just re-checks) its ops under torch's per-op `lock` file, and torch waits
     forever for a lock to go away. A rank killed while holding one (a job's timeout, Ctrl-C) leaves it
-    behind and every later DeepSpeed job would hang in `preparing`. Wait for the locks there are; one
-    older than `max_age_s` (a real build takes about a minute) is stale and removed."""
+    behind and every later DeepSpeed job would hang in `preparing`. A lock is stale once no process on
+    this host holds it open (older than `grace_s`: the moment between a release's close and its
+    unlink), or, where there is no /proc to tell, once it is older than `max_age_s`. A live build's lock
+    is waited for. The holder must be on this host: keep TORCH_EXTENSIONS_DIR node-local on clusters
+    (docs/cluster.md)."""
     import time
 
     from torch.utils.cpp_extension import get_default_build_root
 
     root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
+    can_see_holders = Path("/proc/self/fd").is_dir()
     removed = []
     for lock in root.glob("*/lock") if root.is_dir() else []:
         while True:
@@ -43,7 +60,7 @@ def clear_stale_build_locks(max_age_s: float = 300.0) -> list:
                 age = time.time() - lock.stat().st_mtime
             except FileNotFoundError:
                 break
-            if age > max_age_s:
+            if (age > grace_s and not _held_open(lock)) if can_see_holders else age > max_age_s:
                 lock.unlink(missing_ok=True)
                 removed.append(str(lock))
                 print(f"removed a stale torch-extension build lock ({age:.0f} s old): {lock}", flush=True)

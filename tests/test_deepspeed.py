@@ -340,14 +340,27 @@ def test_kernel_path_choice(tmp_path):
 
 
 def test_stale_build_lock_is_cleared(tmp_path, monkeypatch):
-    """A torch-extension lock left by a killed rank would hang every later DeepSpeed job in `preparing`."""
+    """A torch-extension lock left by a killed rank would hang every later DeepSpeed job in `preparing`;
+    a lock a live build holds open is waited for, however old."""
     from backends.ds_common import clear_stale_build_locks
 
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
-    stale, fresh = tmp_path / "deepspeed_shm_comm" / "lock", tmp_path / "transformer_inference" / "lock"
-    for lock in (stale, fresh):
+    stale, live = tmp_path / "deepspeed_shm_comm" / "lock", tmp_path / "transformer_inference" / "lock"
+    for lock in (stale, live):
         lock.parent.mkdir()
         lock.touch()
-    os.utime(stale, (time.time() - 3600, time.time() - 3600))
-    fresh.unlink()  # a live build that finished
-    assert clear_stale_build_locks(max_age_s=300) == [str(stale)] and not stale.exists()
+        os.utime(lock, (time.time() - 3600, time.time() - 3600))
+    # a builder that holds its lock open, then releases it (close, unlink) 2 s later
+    builder = subprocess.Popen([sys.executable, "-c", f"""
+import os, time
+fd = os.open({str(live)!r}, os.O_RDONLY)
+print("held", flush=True)
+time.sleep(2)
+os.close(fd)
+os.remove({str(live)!r})
+"""], stdout=subprocess.PIPE, text=True)
+    assert builder.stdout.readline() == "held\n"
+    start = time.monotonic()
+    assert clear_stale_build_locks() == [str(stale)] and not stale.exists()
+    assert time.monotonic() - start > 1.0  # it waited for the live build instead of removing its lock
+    assert builder.wait(timeout=10) == 0  # the builder removed its own lock: nobody took it away
