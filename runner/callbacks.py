@@ -15,9 +15,11 @@ from runner.session import close_session
 TABLE_FILE = "seed_table.csv"
 
 
-def sweep_size(overrides: list) -> int:
-    """How many jobs Hydra's basic sweeper makes of these command-line overrides."""
-    parsed = OverridesParser.create().parse_overrides(overrides)
+def sweep_size(overrides: list, params: dict | None = None) -> int:
+    """How many jobs Hydra's basic sweeper makes of its `hydra.sweeper.params` (an experiment's sweep)
+    and the command-line overrides, which replace params of the same key."""
+    swept = [f"{key}={value}" for key, value in (params or {}).items()]
+    parsed = OverridesParser.create().parse_overrides(swept + overrides)
     return sum(len(batch) for batch in BasicSweeper.split_arguments(parsed, None))
 
 
@@ -28,7 +30,8 @@ class SweepTable(Callback):
         path = sweep_dir / SWEEP_FILE
         # A sweep run again in the same directory (a resume) keeps its run_id.
         run_id = json.loads(path.read_text())["run_id"] if path.exists() else new_run_id()
-        info = {"run_id": run_id, "total": sweep_size(list(config.hydra.overrides.task)), "started": time.time()}
+        total = sweep_size(list(config.hydra.overrides.task), config.hydra.sweeper.get("params"))
+        info = {"run_id": run_id, "total": total, "started": time.time()}
         path.write_text(json.dumps(info))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
