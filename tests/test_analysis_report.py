@@ -8,20 +8,17 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, results, run_runner
+from conftest import ACCELERATE_SWEEP, ROOT, results
+
+# Every test here checks the sweep that tests/test_runner.py checks: one worker runs them all.
+pytestmark = pytest.mark.xdist_group(ACCELERATE_SWEEP)
 
 
 @pytest.fixture(scope="session")
-def sweep(tmp_path_factory, cache_dir):
-    """fp32 at batch sizes 1 and 2, plus int8 (invalid on a CPU); the end of the sweep appends it to a history."""
-    root = tmp_path_factory.mktemp("analysis")
-    history = root / "history.sqlite"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("INFERSWEEP_HISTORY", str(history))
-        proc = run_runner(["-m", "dtype=fp32,int8", "batch_size=1,2", "new_tokens=8", "repeats=2", "prompt_tokens=4",
-                           f"hydra.sweep.dir={root / 'sweep'}"], cache_dir)
-    assert proc.returncode == 0, proc.stderr
-    return root / "sweep", history
+def sweep(accelerate_sweep):
+    """bf16 at batch sizes 1 and 4, plus int8 (invalid on a CPU); the end of the sweep appended it to a
+    history of its own (conftest's accelerate_sweep)."""
+    return accelerate_sweep["dir"], accelerate_sweep["history"]
 
 
 def analysis(*args, history) -> subprocess.CompletedProcess:
@@ -51,15 +48,15 @@ def test_ms_per_token_table_has_the_seed_shape_and_values(sweep, report):
     out, proc = report
     with open(out / "ms_per_token_bloom-tiny-cpu.csv") as f:
         rows = list(csv.reader(f))
-    assert rows[0] == ["", "1", "2"]
+    assert rows[0] == ["", "1", "4"]
     table = {row[0]: row[1:] for row in rows[1:]}
     assert table["accelerate int8"] == ["invalid", "invalid"]
     measured = {r["config"]["batch_size"]: r["ms_per_token"] for r in results(sweep[0]) if r["status"] == "ok"}
-    assert table["accelerate fp32"] == [f"{measured[1]:.2f}", f"{measured[2]:.2f}"]
+    assert table["accelerate bf16"] == [f"{measured[1]:.2f}", f"{measured[4]:.2f}"]
 
     md = (out / "ms_per_token_bloom-tiny-cpu.md").read_text().splitlines()
-    assert re.fullmatch(r"\| backend dtype \\ batch size +\| 1 +\| 2 +\|", md[0])
-    assert re.fullmatch(rf"\| accelerate fp32 +\| {measured[1]:.2f} +\| {measured[2]:.2f} +\|", md[2])
+    assert re.fullmatch(r"\| backend dtype \\ batch size +\| 1 +\| 4 +\|", md[0])
+    assert re.fullmatch(rf"\| accelerate bf16 +\| {measured[1]:.2f} +\| {measured[4]:.2f} +\|", md[2])
     assert "\n".join(md) in proc.stdout
 
 
@@ -69,7 +66,7 @@ def test_load_table_has_one_row_per_backend_and_dtype(sweep, report):
         rows = list(csv.reader(f))
     loads = [r["load_s"] for r in results(sweep[0]) if r["status"] == "ok"]
     assert rows[0] == ["", "median s", "min s", "max s"]
-    assert rows[1] == ["accelerate fp32", f"{statistics.median(loads):.1f}",
+    assert rows[1] == ["accelerate bf16", f"{statistics.median(loads):.1f}",
                        f"{min(loads):.1f}", f"{max(loads):.1f}"]
     assert rows[2] == ["accelerate int8", "invalid", "", ""]
 

@@ -82,7 +82,13 @@ def test_submitit_slurm_sweep_on_a_fake_slurm(tmp_path, cache_dir, monkeypatch):
     """The SLURM launcher's own path: each job's resources, one array per resource set, the arrays chained
     (one job at a time), the sbatch scripts run (by bash, srun starting one runner per node), a 2-node
     ZeRO job over two "nodes" of this machine, and a job that SLURM lost (NODE_FAIL, no result) written
-    as an `error` result while the sweep goes on to its table."""
+    as an `error` result while the sweep goes on to its table.
+
+    The 2-node job is a real multi-node job on CPU ranks (gloo): srun's two tasks are two runner
+    processes with the step's environment (node list localhost,127.0.0.1); each starts its node's rank
+    through `deepspeed --hostfile --no_ssh --node_rank`; one ZeRO-3 job of world size 2. (It used to be
+    played a second time without submitit, by test_two_node_zero_job_on_cpu_ranks: the same job, the same
+    runner code on each node; its checks are the last ones here.)"""
     bin_dir, state = tmp_path / "bin", tmp_path / "slurm"
     bin_dir.mkdir()
     subprocess.run([sys.executable, str(ROOT / "tests" / "fake_slurm.py"), "install", str(bin_dir), str(state)],
@@ -111,6 +117,14 @@ def test_submitit_slurm_sweep_on_a_fake_slurm(tmp_path, cache_dir, monkeypatch):
     assert "[2/2 done]" in proc.stderr and "ds-zero fp32 gpus=0 bs=1 nodes=2 ok" in proc.stderr
     table = (sweep_dir / "seed_table.csv").read_text()
     assert "nodes=1 ds-zero fp32,error" in table and "nodes=2 ds-zero fp32," in table
+    # the 2-node job, node by node (formerly test_two_node_zero_job_on_cpu_ranks)
+    job_dir, result = sweep_dir / "1", res[1]
+    assert result["config"]["cpu_ranks"] == 1 and result["config"]["num_gpus"] == 0
+    assert (job_dir / "hostfile").read_text() == "localhost slots=1\n127.0.0.1 slots=1\n"
+    follower_log = (job_dir / "job.node1.log").read_text()
+    assert "--no_ssh --node_rank 1" in follower_log and "worker rank 1: ok" in follower_log
+    assert "--no_ssh --node_rank 0" in (job_dir / "job.log").read_text()
+    assert result["ms_per_token"] > 0 and not math.isnan(result["ms_per_token"])
 
 
 # --- SLURM: resources per job, and the sbatch script -------------------------------------------------
@@ -254,32 +268,3 @@ def test_multinode_validation(tmp_path, overrides, words):
     overrides = [o.replace("HOSTS", str(hostfile)) for o in overrides]
     reason = cluster.nodes_reason(job_config(compose_job(overrides, tmp_path)))
     assert reason and all(w in reason for w in words), reason
-
-
-# --- a real multi-node job: two runner processes as the two nodes of a SLURM step ----------------------
-
-
-def test_two_node_zero_job_on_cpu_ranks(tmp_path, cache_dir):
-    """What hydra/launcher=submitit_slurm starts on a 2-node allocation, played on this machine: srun's two
-    tasks are two runner processes with the step's environment (node list localhost,127.0.0.1); each starts
-    its node's rank through `deepspeed --hostfile --no_ssh --node_rank`; one ZeRO-3 job of world size 2."""
-    job_dir = tmp_path / "job"
-    args = [sys.executable, "-m", "runner", "backend=ds-zero", "dtype=fp32", "num_gpus=0", "cpu_ranks=1",
-            "num_nodes=2", "new_tokens=8", "repeats=2", "prompt_tokens=4", "timeout_s=240",
-            f"hydra.run.dir={job_dir}"]
-    env = {**os.environ, "INFERSWEEP_CACHE": str(cache_dir), "INFERSWEEP_HISTORY": str(cache_dir / "h.sqlite"),
-           "CUDA_VISIBLE_DEVICES": "", "SLURM_JOB_ID": str(os.getpid()), "SLURM_STEP_NUM_NODES": "2",
-           "SLURM_JOB_NODELIST": "localhost,127.0.0.1", "SLURM_STEP_NODELIST": "localhost,127.0.0.1"}
-    procs = [subprocess.Popen(args, cwd=ROOT, env={**env, "SLURM_NODEID": str(n)}, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for n in (1, 0)]
-    outs = [p.communicate(timeout=400)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outs
-    result = json.loads((job_dir / "result.json").read_text())
-    assert result["status"] == "ok", result["reason"]
-    assert result["backend_info"]["world_size"] == 2
-    assert sorted(r["rank"] for r in result["per_rank"]) == [0, 1]
-    assert (job_dir / "hostfile").read_text() == "localhost slots=1\n127.0.0.1 slots=1\n"
-    follower_log = (job_dir / "job.node1.log").read_text()
-    assert "--no_ssh --node_rank 1" in follower_log and "worker rank 1: ok" in follower_log
-    assert "--no_ssh --node_rank 0" in (job_dir / "job.log").read_text()
-    assert result["ms_per_token"] > 0 and not math.isnan(result["ms_per_token"])

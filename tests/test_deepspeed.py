@@ -30,6 +30,7 @@ MAIN = Stack(python="/usr/bin/python3", python_version="3.11",
 LEGACY = Stack(python="/usr/bin/python3", python_version="3.11",
                versions={"deepspeed": "0.19.8", "transformers": "4.43.4", "bitsandbytes": None})
 NO_DS = Stack(python="/usr/bin/python3", python_version="3.11", versions={"deepspeed": None, "transformers": "5.24.0"})
+on_the_sweep = pytest.mark.xdist_group("ds_sweep")  # the tests of the module-scoped sweep: one worker
 QUICK = ["dtype=fp32", "batch_size=2", "new_tokens=4", "prompt_tokens=6", "repeats=1", "timeout_s=240"]
 CORES = len(os.sched_getaffinity(0))
 
@@ -135,6 +136,7 @@ def sweep(tmp_path_factory, cache_dir) -> dict:
     return jobs
 
 
+@on_the_sweep
 def test_sweep_statuses(sweep):
     assert sweep[("accelerate", 2, "none")]["status"] == "invalid"
     assert sweep[("ds-inference", 1, "cpu")]["status"] == "invalid"
@@ -147,6 +149,7 @@ def test_sweep_statuses(sweep):
         assert r["load_s"] > 0 and r["ms_per_token"] > 0 and len(r["generate_s"]) == 1
 
 
+@on_the_sweep
 def test_shared_memory_buffers_released(sweep):
     """DeepSpeed's CPU ranks leave their allreduce buffers in /dev/shm; the runner removes them."""
     ports = {re.search(r"--master_port (\d+)", Path(r["log"]).read_text()).group(1)
@@ -156,6 +159,7 @@ def test_shared_memory_buffers_released(sweep):
     assert left == []
 
 
+@on_the_sweep
 def test_launched_by_deepspeed_with_threads_per_rank(sweep):
     log = Path(sweep[("ds-zero", 2, "none")]["log"]).read_text()
     assert f"env OMP_NUM_THREADS={max(1, CORES // 2)} LOCAL_SIZE=2 DS_ACCELERATOR=cpu " in log
@@ -163,6 +167,7 @@ def test_launched_by_deepspeed_with_threads_per_rank(sweep):
     assert "dist_world_size=2" in log  # the launcher's own account of the ranks it started
 
 
+@on_the_sweep
 def test_tensor_parallel_over_ranks(sweep):
     for ranks in (1, 2):
         info = sweep[("ds-inference", ranks, "none")]["backend_info"]
@@ -175,6 +180,7 @@ def test_tensor_parallel_over_ranks(sweep):
     assert a == b
 
 
+@on_the_sweep
 def test_zero_streams_per_rank(sweep):
     for offload in ("none", "cpu"):
         r = sweep[("ds-zero", 2, offload)]
@@ -190,6 +196,7 @@ def test_zero_streams_per_rank(sweep):
     assert info["stage3_prefetch_bucket_size"] == int(0.9 * 64 * 64)
 
 
+@on_the_sweep
 def test_same_function_as_accelerate(sweep):
     """Same seeded fp32 model and prompt (stream 0 on rank 0): the same next-token logits and ids."""
     ref = sweep[("accelerate", 1, "none")]
@@ -242,9 +249,10 @@ def _workers(job_dir: Path) -> list:
 
 
 def test_dead_rank_ends_the_job_without_hanging(tmp_path, cache_dir):
-    """SIGKILL rank 1 mid-generation: the job is `error` long before its timeout, and no rank is left."""
+    """SIGKILL rank 1 mid-generation: the job is `error` long before its timeout, and no rank is left.
+    (Short generates, so that the warm-up is quick, and more repeats than the timeout allows.)"""
     env = {**os.environ, "INFERSWEEP_CACHE": str(cache_dir), "CUDA_VISIBLE_DEVICES": ""}
-    args = ["backend=ds-zero", "cpu_ranks=2", "dtype=fp32", "new_tokens=400", "repeats=50", "timeout_s=200",
+    args = ["backend=ds-zero", "cpu_ranks=2", "dtype=fp32", "new_tokens=16", "repeats=100000", "timeout_s=200",
             f"hydra.run.dir={tmp_path}"]
     start = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "runner", *args], cwd=ROOT, env=env,
@@ -255,7 +263,7 @@ def test_dead_rank_ends_the_job_without_hanging(tmp_path, cache_dir):
             phases = tmp_path / "phases"
             if phases.exists() and "repeat" in phases.read_text():
                 victim = next((p for p in _workers(tmp_path) if p.environ().get("RANK") == "1"), None)
-            time.sleep(0.2)
+            time.sleep(0.05)
         assert victim is not None, "rank 1 never reached the timed repeats"
         victim.send_signal(signal.SIGKILL)
         proc.wait(timeout=120)
@@ -266,7 +274,9 @@ def test_dead_rank_ends_the_job_without_hanging(tmp_path, cache_dir):
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["status"] == "error", result["reason"]
     assert elapsed < 150  # ended by the launcher, not by the 200 s timeout
-    time.sleep(1)
+    gone_by = time.monotonic() + 1  # no rank left a second after the runner ended (polled, not slept)
+    while _workers(tmp_path) and time.monotonic() < gone_by:
+        time.sleep(0.05)
     assert _workers(tmp_path) == []
 
 

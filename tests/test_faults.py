@@ -16,7 +16,7 @@ from typing import Self
 
 import psutil
 import pytest
-from conftest import ROOT, results, run_runner
+from conftest import ROOT, history_of, results, run_runner
 
 from runner.job import failure_reason, signal_death
 
@@ -26,7 +26,7 @@ SMALL = ["new_tokens=8", "repeats=2", "prompt_tokens=4"]
 
 def runner_env(cache: Path) -> dict:
     """What conftest.run_runner gives the runner, for a runner that the test signals while it runs."""
-    return {**os.environ, "INFERSWEEP_CACHE": str(cache), "INFERSWEEP_HISTORY": str(cache / "history.sqlite"),
+    return {**os.environ, "INFERSWEEP_CACHE": str(cache), "INFERSWEEP_HISTORY": str(history_of(cache)),
             "CUDA_VISIBLE_DEVICES": ""}
 
 

@@ -218,6 +218,9 @@ def test_max_batch_search_hits_real_oom_and_measures_the_largest(tmp_path, cache
     assert r["roofline"]["kv_bytes"] == 2 * 2 * 64 * 4 * r["max_batch_size"] * (256 + 1)
 
 
+on_the_compiled_sweep = pytest.mark.xdist_group("compiled_sweep")  # its tests: one worker
+
+
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory, cache_dir):
     """compile=false,true on the same seeded model (fp32), one sweep; torch.compile through inductor takes
@@ -229,6 +232,7 @@ def compiled(tmp_path_factory, cache_dir):
     return sweep_dir, results(sweep_dir)
 
 
+@on_the_compiled_sweep
 def test_compiled_static_cache_generates_the_same_tokens(compiled):
     _, (eager, comp) = compiled
     assert (eager["status"], comp["status"]) == ("ok", "ok"), (eager["reason"], comp["reason"])
@@ -240,6 +244,7 @@ def test_compiled_static_cache_generates_the_same_tokens(compiled):
     assert comp["prompt_logits_top5"] == eager["prompt_logits_top5"]
 
 
+@on_the_compiled_sweep
 def test_every_ok_point_has_its_roofline_against_one_set_of_ceilings(compiled):
     sweep_dir, res = compiled
     ceilings = [r["env"]["ceilings"] for r in res]
@@ -254,6 +259,7 @@ def test_every_ok_point_has_its_roofline_against_one_set_of_ceilings(compiled):
         assert r["decode_ms_per_step"] > 0 and 0 < roof["fraction_of_floor"] < 1
 
 
+@on_the_compiled_sweep
 def test_report_shows_the_fraction_of_the_floor(compiled, tmp_path):
     sweep_dir, res = compiled
     write_report(load_results([sweep_dir]), tmp_path)

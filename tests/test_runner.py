@@ -5,20 +5,20 @@ import time
 
 import psutil
 import pytest
-from conftest import results, run_runner
+from conftest import ACCELERATE_SWEEP, results, run_runner
 
 FAST = ["new_tokens=16", "repeats=3", "prompt_tokens=4"]
+on_the_sweep = pytest.mark.xdist_group(ACCELERATE_SWEEP)
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory, cache_dir):
-    """bf16 at two batch sizes, plus int8 (invalid on a CPU) in the same sweep."""
-    sweep_dir = tmp_path_factory.mktemp("sweep")
-    proc = run_runner(["-m", "dtype=bf16,int8", "batch_size=1,4", *FAST, f"hydra.sweep.dir={sweep_dir}"], cache_dir)
-    assert proc.returncode == 0, proc.stderr
-    return sweep_dir, proc, results(sweep_dir)
+def sweep(accelerate_sweep):
+    """bf16 at two batch sizes (1, 4; FAST's tokens and repeats), plus int8 (invalid on a CPU) in the same
+    sweep: conftest's accelerate_sweep, which tests/test_analysis_report.py checks too."""
+    return accelerate_sweep["dir"], accelerate_sweep["proc"], accelerate_sweep["results"]
 
 
+@on_the_sweep
 def test_every_point_measured(sweep):
     _, _, res = sweep
     ok = [r for r in res if r["config"]["dtype"]["name"] == "bf16"]
@@ -38,6 +38,7 @@ def test_every_point_measured(sweep):
         assert r["run_id"] == res[0]["run_id"] and r["log"].endswith("job.log")
 
 
+@on_the_sweep
 def test_invalid_combination_is_a_result(sweep):
     _, _, res = sweep
     int8 = [r for r in res if r["config"]["dtype"]["name"] == "int8"]
@@ -45,6 +46,7 @@ def test_invalid_combination_is_a_result(sweep):
     assert all("dtype=int8" in r["reason"] for r in int8)
 
 
+@on_the_sweep
 def test_end_of_sweep_table_has_the_seed_shape(sweep):
     sweep_dir, proc, _ = sweep
     with open(sweep_dir / "seed_table.csv") as f:
@@ -56,6 +58,7 @@ def test_end_of_sweep_table_has_the_seed_shape(sweep):
     assert "accelerate bf16" in proc.stdout
 
 
+@on_the_sweep
 def test_progress_shows_jobs_and_phases(sweep):
     _, proc, _ = sweep
     assert "[1/4" in proc.stderr and "[4/4" in proc.stderr
