@@ -40,6 +40,12 @@ def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and any(m in str(exc).lower() for m in OOM_MESSAGES)
 
 
+def exception_reason(exc: BaseException) -> str:
+    """`Type: the message's first line`: a CUDA error's message puts the cause first and advice after
+    it ("CUDA error: an illegal memory access ..." before "Compile with `TORCH_USE_CUDA_DSA` ...")."""
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip().splitlines()[0]
+
+
 def rank() -> int:
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
 
@@ -184,9 +190,8 @@ def run(job: dict, job_dir: Path, serving: bool = False) -> dict:
         return new_result(job, "ok", **fields)
     except BaseException as exc:  # noqa: BLE001 -- every failure must become a result
         traceback.print_exc()
-        last = (traceback.format_exception_only(type(exc), exc)[-1].strip().splitlines() or [repr(exc)])[-1]
         fields["backend_info"] = backend.info if backend is not None else {}
-        return new_result(job, "oom" if is_oom(exc) else "error", last, **fields)
+        return new_result(job, "oom" if is_oom(exc) else "error", exception_reason(exc), **fields)
     finally:
         if backend is not None and not serving and hasattr(backend, "close"):
             backend.close()

@@ -15,7 +15,7 @@ from runner import cluster
 from runner.launch import launcher_command, run_process
 from runner.progress import PHASE_FILE, Progress, job_label
 from runner.result import RESULT_FILE, new_result, read_result, set_aside, write_result
-from runner.session import WorkerSession, session_for, session_key
+from runner.session import WorkerSession, close_session, session_for, session_key
 from runner.stack import interpreter, probe, visible_gpus
 from runner.validate import invalid_reason
 
@@ -261,6 +261,8 @@ def _run(job: dict, job_dir: Path, log_path: Path, progress: Progress) -> dict:
         aside = set_aside(job_dir, "corrupt")
         return new_result(job, "error", f"the worker left a {e}; moved to {aside.name}")
     if result is not None:
+        if not config["isolate"] and result["status"] != "ok":
+            close_session()  # the worker ends after a job that is not ok: the next job starts a fresh one
         if result["status"] == "error" and rc:
             # A rank that died of a signal writes nothing; a peer that saw it go reports `error` first
             # (gloo/NCCL: connection reset). Name the cause before the symptom.

@@ -90,12 +90,18 @@ def kernel_inject_mode(config: dict) -> str:
     return str(config["backend"]["kernel_inject"]).strip().lower()
 
 
-def _version_tuple(version: str | None) -> tuple:
+def _version_tuple(version: str | None, length: int = 2) -> tuple:
+    """(major, minor), or `length` leading numbers, of a version string; (0,) when it is missing."""
     parts = []
-    for part in (version or "0").split(".")[:2]:
+    for part in (version or "0").split(".")[:length]:
         digits = "".join(c for c in part if c.isdigit())
         parts.append(int(digits or 0))
     return tuple(parts)
+
+
+# DeepSpeed PR #6528 (first released in 0.15.2) made init_inference accept only the accelerator's
+# supported_dtypes(), which lists no int8 on any accelerator: "Data type torch.int8 is not supported".
+DS_INT8_GATE_FROM = (0, 15, 2)
 
 
 def bloom_kernels_refused(stack: Stack) -> bool:
@@ -131,6 +137,9 @@ def _deepspeed(config: dict, stack: Stack) -> str | None:
     if mode == "true" and refused:
         return f"backend.kernel_inject=true: {refusal}"
     if dtype == "int8":
+        if _version_tuple(stack.versions.get("deepspeed"), 3) >= DS_INT8_GATE_FROM:
+            return (f"dtype=int8: DeepSpeed {stack.versions['deepspeed']} rejects int8 in init_inference on every "
+                    "accelerator (deepspeedai/DeepSpeed#8577, since 0.15.2; allowed: fp16, bf16, fp32)")
         if not gpu:
             return "dtype=int8: DeepSpeed-Inference int8 needs its fused CUDA kernels (num_gpus=0)"
         if refused:

@@ -29,6 +29,11 @@ MAIN = Stack(python="/usr/bin/python3", python_version="3.11",
              versions={"deepspeed": "0.19.8", "transformers": "5.24.0", "bitsandbytes": None})
 LEGACY = Stack(python="/usr/bin/python3", python_version="3.11",
                versions={"deepspeed": "0.19.8", "transformers": "4.43.4", "bitsandbytes": None})
+# DeepSpeed before its int8 gate (0.15.2): the rules for int8 kernels themselves
+OLD_DS = Stack(python="/usr/bin/python3", python_version="3.11",
+               versions={"deepspeed": "0.15.1", "transformers": "5.24.0", "bitsandbytes": None})
+OLD_DS_LEGACY = Stack(python="/usr/bin/python3", python_version="3.11",
+                      versions={"deepspeed": "0.15.1", "transformers": "4.43.4", "bitsandbytes": None})
 NO_DS = Stack(python="/usr/bin/python3", python_version="3.11", versions={"deepspeed": None, "transformers": "5.24.0"})
 on_the_sweep = pytest.mark.xdist_group("ds_sweep")  # the tests of the module-scoped sweep: one worker
 QUICK = ["dtype=fp32", "batch_size=2", "new_tokens=4", "prompt_tokens=6", "repeats=1", "timeout_s=240"]
@@ -83,14 +88,17 @@ def test_launcher_command_gpus():
      ("backend.kernel_inject=true: DeepSpeed refuses BLOOM kernel injection on transformers 5.24.0 "
      "(> 4.43.4; use a stack with transformers 4.43.4, see README)")),
     (["backend=ds-inference", "backend.kernel_inject=true"], ("0",), LEGACY, None),
-    (["backend=ds-inference", "dtype=int8"], (), MAIN,
+    (["backend=ds-inference", "dtype=int8"], ("0",), LEGACY,
+     ("dtype=int8: DeepSpeed 0.19.8 rejects int8 in init_inference on every accelerator "
+      "(deepspeedai/DeepSpeed#8577, since 0.15.2; allowed: fp16, bf16, fp32)")),
+    (["backend=ds-inference", "dtype=int8"], (), OLD_DS_LEGACY,
      "dtype=int8: DeepSpeed-Inference int8 needs its fused CUDA kernels (num_gpus=0)"),
-    (["backend=ds-inference", "dtype=int8"], ("0",), MAIN,
+    (["backend=ds-inference", "dtype=int8"], ("0",), OLD_DS,
      ("dtype=int8: DeepSpeed-Inference int8 needs kernel injection, and DeepSpeed refuses BLOOM kernel "
      "injection on transformers 5.24.0 (> 4.43.4; use a stack with transformers 4.43.4, see README)")),
-    (["backend=ds-inference", "dtype=int8", "backend.kernel_inject=false"], ("0",), LEGACY,
+    (["backend=ds-inference", "dtype=int8", "backend.kernel_inject=false"], ("0",), OLD_DS_LEGACY,
      "dtype=int8: DeepSpeed-Inference int8 needs kernel injection; AutoTP has no int8 (kernel_inject=false)"),
-    (["backend=ds-inference", "dtype=int8"], ("0",), LEGACY, None),
+    (["backend=ds-inference", "dtype=int8"], ("0",), OLD_DS_LEGACY, None),
     (["backend=ds-inference", "backend.cuda_graph=true"], ("0",), LEGACY,
      "backend.cuda_graph=true: DeepSpeed refuses enable_cuda_graph with BLOOM kernel injection"),
     (["backend=ds-inference", "backend.cuda_graph=true"], ("0",), MAIN,

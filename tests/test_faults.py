@@ -449,3 +449,15 @@ def test_two_sweeps_append_to_the_history_at_once(tmp_path, cache_dir):
 
     append_sweep(history, dirs[1])  # and the database is not left locked
     assert len(_history_rows(history)[0]) == len(sweeps) + 1
+
+
+def test_a_multi_line_exception_is_named_by_its_first_line():
+    """A CUDA error's message gives the cause first and advice after it; the reason keeps the cause."""
+    from backends.worker import exception_reason
+
+    cuda = RuntimeError("CUDA error: an illegal memory access was encountered\nCUDA kernel errors might be "
+                        "asynchronously reported\nCompile with `TORCH_USE_CUDA_DSA` to enable device-side assertions.")
+    assert exception_reason(cuda) == "RuntimeError: CUDA error: an illegal memory access was encountered"
+    assert exception_reason(ValueError("Data type torch.int8 is not supported")) == \
+        "ValueError: Data type torch.int8 is not supported"
+    assert exception_reason(KeyboardInterrupt()) == "KeyboardInterrupt"
