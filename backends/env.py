@@ -28,6 +28,17 @@ def _run(cmd: list) -> str:
     return out.stdout.strip() if out.returncode == 0 else ""
 
 
+def git_rev() -> str | None:
+    """The project's commit, `-dirty` when tracked files differ from it; None when the project is not a git
+    checkout of its own (an exported tree inside another repository must not take that repository's)."""
+    top = _run(["git", "-C", str(PROJECT_ROOT), "rev-parse", "--show-toplevel"])
+    if not top or Path(top).resolve() != PROJECT_ROOT:
+        return None
+    rev = _run(["git", "-C", str(PROJECT_ROOT), "rev-parse", "--short", "HEAD"])
+    dirty = _run(["git", "-C", str(PROJECT_ROOT), "status", "--porcelain", "--untracked-files=no"])
+    return f"{rev}-dirty" if rev and dirty else rev or None
+
+
 def collect_env() -> dict:
     env = {
         "hostname": socket.gethostname(),
@@ -35,7 +46,7 @@ def collect_env() -> dict:
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "cuda": torch.version.cuda,
-        "git_rev": _run(["git", "-C", str(PROJECT_ROOT), "rev-parse", "--short", "HEAD"]) or None,
+        "git_rev": git_rev(),
         **{name: _version(name) for name in LIBRARIES},
         "gpu_count": torch.cuda.device_count(),
         "gpu_name": None,
