@@ -83,6 +83,7 @@ def write_report(df: pd.DataFrame, out: Path, reference: str | None = None) -> P
              ("<p class='note'>Seconds from launch to ready to generate: median, min and max over the jobs "
               "of each row that ended ok.</p>"),
              load_html, _png(charts.load_chart(df), out / "load_time")]
+    md += ["", "![load time](load_time.png)"]
 
     for title, part in groups(df):
         slug = _slug(title)
@@ -107,6 +108,7 @@ def write_report(df: pd.DataFrame, out: Path, reference: str | None = None) -> P
                           (charts.speedup_chart(part, title, ref) if ref else None, f"speedup_{slug}")):
             if fig is not None:
                 body.append(_png(fig, out / stem))
+                md += ["", f"![{stem}]({stem}.png)"]
 
     largest = max_batch_table(df)
     if not largest.empty:

@@ -41,6 +41,8 @@ def test_report_writes_every_table_and_chart(report):
     for name in [*tables, *charts, "report.md", "report.html"]:
         assert (out / name).stat().st_size > 0, name
     assert not list(out.glob("speedup_*")), "one row with numbers: nothing to compare against"
+    md = (out / "report.md").read_text()  # a Markdown page with its charts: publishable as it is
+    assert "![load time](load_time.png)" in md and "![throughput_bloom-tiny-cpu](throughput_bloom-tiny-cpu.png)" in md
     assert f"report: {out / 'report.html'}" in proc.stdout
 
 
