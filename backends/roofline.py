@@ -7,7 +7,8 @@ job of the sweep is judged against the same numbers; stored in each result's `en
   matmul_tflops  a large square matmul in bf16 on a GPU (fp32 on the CPU), TFLOP/s
 
 Floors of one decode step (`roofline` in the result), for the weights this rank holds:
-  weight_bytes   sum of numel * element_size over the parameters (int8 counts 1 byte; ZeRO-3's
+  weight_bytes   sum of numel * element_size over the parameters a step reads in full: all but embedding
+                 tables that are not also the output projection (int8 counts 1 byte; ZeRO-3's
                  partitioned parameters count whole: every rank gathers and reads all of them per step)
   kv_bytes       the KV cache read per step at the mean context:
                  2 * n_layer * kv_width * bytes * batch * (prompt_tokens + new_tokens / 2) / tp
@@ -104,8 +105,14 @@ def _count(p: torch.Tensor) -> int:
 
 
 def weights(model: torch.nn.Module) -> tuple:
-    """(parameters, bytes) of the model's weights as they are held (each shared tensor counted once)."""
-    params = list(model.parameters())
+    """(parameters, bytes) of the weights a decode step reads in full, as they are held (each shared tensor
+    counted once). An embedding table is only looked up (a few rows a step): it counts where it is also the
+    output projection (tied, BLOOM's lm_head), not where it is a copy of its own (DeepSpeed's injected
+    BLOOM unties it: 2 GB more that no step reads)."""
+    looked_up = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    elsewhere = {id(p) for m in model.modules() if not isinstance(m, torch.nn.Embedding)
+                 for p in m.parameters(recurse=False)}
+    params = [p for p in model.parameters() if id(p) not in looked_up - elsewhere]
     return sum(_count(p) for p in params), sum(_count(p) * p.element_size() for p in params)
 
 

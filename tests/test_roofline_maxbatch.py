@@ -111,6 +111,18 @@ def test_floors_from_weights_kv_cache_and_ceilings():
     assert roofline(model, config, 4, 10.0, ceilings, tp=2)["kv_bytes"] == kv // 2
 
 
+def test_an_untied_embedding_table_is_not_read_by_a_step():
+    """BLOOM ties its embedding to lm_head (counted once, as the projection); a model holding its own copy
+    of the table (DeepSpeed's injected BLOOM) must not count the copy, nor position embeddings."""
+    model = tiny_bloom()
+    tied = weights(model)
+    table = model.transformer.word_embeddings.weight
+    model.lm_head.weight = torch.nn.Parameter(table.detach().clone())  # untie: a copy of its own
+    assert weights(model) == tied
+    model.transformer.extra = torch.nn.Embedding(7, 64, dtype=torch.bfloat16)  # a lookup-only table
+    assert weights(model) == tied
+
+
 def test_int8_weights_count_one_byte():
     model = tiny_bloom()
     first = model.transformer.h[0].mlp.dense_h_to_4h
