@@ -68,3 +68,16 @@ def visible_gpus() -> tuple:
     if out.returncode != 0:
         return ()
     return tuple(str(i) for i, line in enumerate(out.stdout.splitlines()) if line.startswith("GPU "))
+
+
+@functools.cache
+def gpu_memory_gib() -> dict:
+    """Total memory (GiB) of each GPU nvidia-smi lists, by index; empty where it cannot tell."""
+    if shutil.which("nvidia-smi") is None:
+        return {}
+    out = subprocess.run(["nvidia-smi", "--query-gpu=index,memory.total", "--format=csv,noheader,nounits"],
+                         check=False, capture_output=True, text=True)
+    if out.returncode != 0:
+        return {}
+    rows = (line.split(",") for line in out.stdout.splitlines() if line.count(",") == 1)
+    return {index.strip(): int(mib) / 1024 for index, mib in rows if mib.strip().isdigit()}

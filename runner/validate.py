@@ -4,8 +4,10 @@ import os
 import tempfile
 from pathlib import Path
 
+import psutil
+
 from runner.cluster import nodes_reason
-from runner.stack import Stack
+from runner.stack import Stack, gpu_memory_gib
 
 IMPLEMENTED_BACKENDS = ("accelerate", "ds-inference", "ds-zero")
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
@@ -220,7 +222,38 @@ def _model(config: dict) -> str | None:
     return None
 
 
+WEIGHT_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1}
+
+
+def bloom_params(model: dict) -> int:
+    """Parameters of a synthetic BLOOM shape: the (tied) embedding, 4h of outer layer norms, and per layer
+    12h^2 + 13h (QKV, output, the 4h MLP, their biases and two layer norms)."""
+    h, n = model["hidden_size"], model["n_layer"]
+    return model["vocab_size"] * h + 4 * h + n * (12 * h * h + 13 * h)
+
+
+def _fits(config: dict, gpus: tuple) -> str | None:
+    """A synthetic model whose weights alone exceed the memory of the devices that must hold them (no
+    offload) is refused before its checkpoint is built: BLOOM-176B is 328 GiB of bf16 to write, then to
+    fail to load on one GPU. Pretrained checkpoints, and GPUs whose size is unknown, are left to the load."""
+    model, dtype, n = config["model"], config["dtype"]["name"], config["num_gpus"]
+    if model["source"] != "synthetic" or config["offload"]["name"] != "none":
+        return None
+    need = bloom_params(model) * WEIGHT_BYTES[dtype] / 2**30
+    if n == 0:
+        have, where = psutil.virtual_memory().total / 2**30, "this machine's RAM (num_gpus=0)"
+    else:
+        sizes = [gpu_memory_gib().get(gpu) for gpu in gpus[:n]]
+        if not sizes or None in sizes:
+            return None
+        have, where = sum(sizes) * config["num_nodes"], f"{n} GPU(s) x {config['num_nodes']} node(s)"
+    if need <= have:
+        return None
+    return (f"model={model['name']}: its {need:.0f} GiB of {dtype} weights exceed the {have:.0f} GiB of {where} "
+            "(allowed: more num_gpus or num_nodes, a smaller dtype, or offload=cpu|nvme)")
+
+
 def invalid_reason(config: dict, stack: Stack, gpus: tuple) -> str | None:
     """Why the job described by the resolved `config` cannot run on `stack` and `gpus`, or None."""
     return (_positive(config) or nodes_reason(config) or _gpus(config, gpus) or _backend(config, stack)
-            or _dtype(config, stack) or _offload(config) or _model(config))
+            or _dtype(config, stack) or _offload(config) or _model(config) or _fits(config, gpus))

@@ -65,3 +65,29 @@ def test_accelerate_command_uses_the_real_cli_on_the_jobs_gpus():
 def test_sweep_size_counts_the_cartesian_product():
     assert sweep_size(["backend=accelerate,ds-inference", "batch_size=1,8,64", "dtype=bf16"]) == 6
     assert sweep_size(["new_tokens=10"]) == 1
+
+
+def test_bloom_params_match_the_built_model():
+    from transformers import AutoModelForCausalLM
+
+    from backends.synthetic import bloom_config
+    from runner.validate import bloom_params
+
+    shape = config("model=bloom-tiny")["model"]
+    model = AutoModelForCausalLM.from_config(bloom_config(shape))
+    assert bloom_params(shape) == sum(p.numel() for p in model.parameters())
+    assert bloom_params(config("model=bloom-7b1")["model"]) == 7_069_016_064  # the H100 results' params
+
+
+def test_weights_larger_than_the_devices_are_refused_before_the_checkpoint_is_built(monkeypatch):
+    import runner.validate
+
+    monkeypatch.setattr(runner.validate, "gpu_memory_gib", lambda: {"0": 79.6, "1": 79.6})
+    one_gpu = invalid_reason(config("model=bloom-176b"), STACK, ("0", "1"))
+    assert one_gpu == ("model=bloom-176b: its 328 GiB of bf16 weights exceed the 80 GiB of 1 GPU(s) x 1 node(s) "
+                       "(allowed: more num_gpus or num_nodes, a smaller dtype, or offload=cpu|nvme)")
+    assert invalid_reason(config("model=bloom-176b", "offload=cpu"), STACK, ("0", "1")) is None
+    assert invalid_reason(config("model=bloom-7b1", "num_gpus=2"), STACK, ("0", "1")) is None
+    assert "of this machine's RAM (num_gpus=0)" in invalid_reason(config("model=bloom-176b", num_gpus=0), STACK, ())
+    monkeypatch.setattr(runner.validate, "gpu_memory_gib", dict)  # no nvidia-smi: left to the load
+    assert invalid_reason(config("model=bloom-176b"), STACK, ("0",)) is None
