@@ -1,8 +1,10 @@
 """Shared helpers: run the real `python -m runner` in a subprocess and read back its result files.
 
-The suite runs in two processes (pytest-xdist, `-n 2 --dist loadgroup`): tests that check one expensive
-sweep share a module- or session-scoped fixture and carry the same `xdist_group` mark, so that the sweep
-runs once, on one worker; everything else is spread over both.
+The suite runs in two processes (pytest-xdist, `pytest -n 2`; README). Tests that check one expensive
+sweep share a module- or session-scoped fixture and are methods of one test class; SweepClassScheduling
+below sends every class of one name to one worker, which then runs the sweep once, and spreads every
+other test over both workers one by one. (xdist's own `--dist loadgroup` would do it by mark, but on
+pytest >= 9.2 it groups nothing: it renames test ids through an attribute pytest no longer reads.)
 """
 import json
 import os
@@ -14,6 +16,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")  # which pytest process this is (xdist: gw0, gw1)
+
+# Two test processes on two cores keep more threads runnable than there are cores. An OpenMP thread that
+# waits at a barrier then spins (libgomp's default) on a core its peer needs: the maxbatch and compile
+# tests took 1.4x the CPU next to another busy process. Passive waits change no result, only the waste.
+# Set before torch is imported here, and inherited by every runner, launcher and worker the tests start.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @pytest.fixture(scope="session")
@@ -50,17 +58,34 @@ def results(sweep_dir: Path) -> list:
     return [json.loads(p.read_text()) for p in paths]
 
 
-ACCELERATE_SWEEP = "accelerate_sweep"  # the xdist_group of the tests that check the sweep below
-
-
 @pytest.fixture(scope="session")
 def accelerate_sweep(tmp_path_factory, cache_dir) -> dict:
-    """One real sweep that tests/test_runner.py and tests/test_analysis_report.py both check: bf16 at
-    batch sizes 1 and 4, plus int8 (invalid on a CPU) in the same sweep; 16 new tokens, 3 repeats. The
-    end of the sweep appends it to a history of its own."""
+    """One real sweep that tests/test_runner.py and tests/test_analysis_report.py both check (in classes
+    named TestAccelerateSweep: one worker): bf16 at batch sizes 1 and 4, plus int8 (invalid on a CPU) in
+    the same sweep; 16 new tokens, 3 repeats. The end of the sweep appends it to a history of its own."""
     root = tmp_path_factory.mktemp("accelerate-sweep")
     sweep_dir, history = root / "sweep", root / "history.sqlite"
     proc = run_runner(["-m", "dtype=bf16,int8", "batch_size=1,4", "new_tokens=16", "repeats=3", "prompt_tokens=4",
                        f"hydra.sweep.dir={sweep_dir}"], cache_dir, history=history)
     assert proc.returncode == 0, proc.stderr
     return {"dir": sweep_dir, "proc": proc, "results": results(sweep_dir), "history": history}
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist's: unknown to a pytest without it
+def pytest_xdist_make_scheduler(config, log):
+    """With -n: SweepClassScheduling, for xdist's default distribution (load) and for loadgroup."""
+    if config.getvalue("dist") not in ("load", "loadgroup"):
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SweepClassScheduling(LoadScopeScheduling):
+        """xdist's scope scheduling, where a scope is a test class name (the tests of every class of that
+        name, whichever module it is in, go to one worker as one unit) or else a single test. Units are
+        handed out largest first (the sweep classes), then in collection order, whenever a worker has
+        two tests or fewer left."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            parts = nodeid.split("::")
+            return f"class {parts[1]}" if len(parts) > 2 else nodeid
+
+    return SweepClassScheduling(config, log)

@@ -35,7 +35,6 @@ OLD_DS = Stack(python="/usr/bin/python3", python_version="3.11",
 OLD_DS_LEGACY = Stack(python="/usr/bin/python3", python_version="3.11",
                       versions={"deepspeed": "0.15.1", "transformers": "4.43.4", "bitsandbytes": None})
 NO_DS = Stack(python="/usr/bin/python3", python_version="3.11", versions={"deepspeed": None, "transformers": "5.24.0"})
-on_the_sweep = pytest.mark.xdist_group("ds_sweep")  # the tests of the module-scoped sweep: one worker
 QUICK = ["dtype=fp32", "batch_size=2", "new_tokens=4", "prompt_tokens=6", "repeats=1", "timeout_s=240"]
 CORES = len(os.sched_getaffinity(0))
 
@@ -144,76 +143,72 @@ def sweep(tmp_path_factory, cache_dir) -> dict:
     return jobs
 
 
-@on_the_sweep
-def test_sweep_statuses(sweep):
-    assert sweep[("accelerate", 2, "none")]["status"] == "invalid"
-    assert sweep[("ds-inference", 1, "cpu")]["status"] == "invalid"
-    assert sweep[("accelerate", 1, "cpu")]["status"] == "invalid"
-    ran = {k: r for k, r in sweep.items() if r["status"] != "invalid"}
-    assert set(ran) == {("accelerate", 1, "none"), ("ds-inference", 1, "none"), ("ds-inference", 2, "none"),
-                        ("ds-zero", 1, "none"), ("ds-zero", 2, "none"), ("ds-zero", 1, "cpu"), ("ds-zero", 2, "cpu")}
-    for key, r in ran.items():
-        assert r["status"] == "ok", (key, r["reason"])
-        assert r["load_s"] > 0 and r["ms_per_token"] > 0 and len(r["generate_s"]) == 1
+class TestSweep:
+    """The checks of the module-scoped `sweep`: one class, so that one xdist worker runs them all, and the
+    sweep once (tests/conftest.py)."""
 
+    def test_sweep_statuses(self, sweep):
+        assert sweep[("accelerate", 2, "none")]["status"] == "invalid"
+        assert sweep[("ds-inference", 1, "cpu")]["status"] == "invalid"
+        assert sweep[("accelerate", 1, "cpu")]["status"] == "invalid"
+        ran = {k: r for k, r in sweep.items() if r["status"] != "invalid"}
+        assert set(ran) == {("accelerate", 1, "none"), ("ds-inference", 1, "none"), ("ds-inference", 2, "none"),
+                            ("ds-zero", 1, "none"), ("ds-zero", 2, "none"), ("ds-zero", 1, "cpu"),
+                            ("ds-zero", 2, "cpu")}
+        for key, r in ran.items():
+            assert r["status"] == "ok", (key, r["reason"])
+            assert r["load_s"] > 0 and r["ms_per_token"] > 0 and len(r["generate_s"]) == 1
 
-@on_the_sweep
-def test_shared_memory_buffers_released(sweep):
-    """DeepSpeed's CPU ranks leave their allreduce buffers in /dev/shm; the runner removes them."""
-    ports = {re.search(r"--master_port (\d+)", Path(r["log"]).read_text()).group(1)
-             for key, r in sweep.items() if key[0] != "accelerate" and r["status"] == "ok"}
-    assert ports
-    left = [p.name for p in Path("/dev/shm").glob("deepspeed_allreduce_buffer_*") if p.name.split("_")[-2] in ports]
-    assert left == []
+    def test_shared_memory_buffers_released(self, sweep):
+        """DeepSpeed's CPU ranks leave their allreduce buffers in /dev/shm; the runner removes them."""
+        ports = {re.search(r"--master_port (\d+)", Path(r["log"]).read_text()).group(1)
+                 for key, r in sweep.items() if key[0] != "accelerate" and r["status"] == "ok"}
+        assert ports
+        left = [p.name for p in Path("/dev/shm").glob("deepspeed_allreduce_buffer_*")
+                if p.name.split("_")[-2] in ports]
+        assert left == []
 
+    def test_launched_by_deepspeed_with_threads_per_rank(self, sweep):
+        log = Path(sweep[("ds-zero", 2, "none")]["log"]).read_text()
+        assert f"env OMP_NUM_THREADS={max(1, CORES // 2)} LOCAL_SIZE=2 DS_ACCELERATOR=cpu " in log
+        assert "-m deepspeed.launcher.runner --num_gpus 2 --no_local_rank" in log
+        assert "dist_world_size=2" in log  # the launcher's own account of the ranks it started
 
-@on_the_sweep
-def test_launched_by_deepspeed_with_threads_per_rank(sweep):
-    log = Path(sweep[("ds-zero", 2, "none")]["log"]).read_text()
-    assert f"env OMP_NUM_THREADS={max(1, CORES // 2)} LOCAL_SIZE=2 DS_ACCELERATOR=cpu " in log
-    assert "-m deepspeed.launcher.runner --num_gpus 2 --no_local_rank" in log
-    assert "dist_world_size=2" in log  # the launcher's own account of the ranks it started
+    def test_tensor_parallel_over_ranks(self, sweep):
+        for ranks in (1, 2):
+            info = sweep[("ds-inference", ranks, "none")]["backend_info"]
+            assert info["tp_size"] == ranks and info["path"] == "autotp"
+            assert info["path_reason"].startswith("auto: no GPU")
+        r = sweep[("ds-inference", 2, "none")]
+        assert r["streams"] == 1 and r["ms_per_token"] == r["ms_per_token_per_stream"]
+        # Tensor parallel ranks compute one batch together: both saw the same prompts.
+        a, b = (p["prompt_logits_top5"] for p in r["per_rank"])
+        assert a == b
 
+    def test_zero_streams_per_rank(self, sweep):
+        for offload in ("none", "cpu"):
+            r = sweep[("ds-zero", 2, offload)]
+            assert r["streams"] == 2 and r["backend_info"]["offload_param"] == offload
+            assert r["ms_per_token"] == pytest.approx(r["ms_per_token_per_stream"] / 2)
+            assert r["tokens_per_s"] == pytest.approx(2 * 4 * 2 / r["generate_s"][0])
+            ranks = r["per_rank"]
+            assert [p["rank"] for p in ranks] == [0, 1]
+            # Every rank generated its own stream: different prompts, different next-token logits.
+            assert ranks[0]["prompt_logits_top5"] != ranks[1]["prompt_logits_top5"]
+        info = sweep[("ds-zero", 1, "none")]["backend_info"]
+        assert info["zero_stage"] == 3 and info["reduce_bucket_size"] == 64 * 64
+        assert info["stage3_prefetch_bucket_size"] == int(0.9 * 64 * 64)
 
-@on_the_sweep
-def test_tensor_parallel_over_ranks(sweep):
-    for ranks in (1, 2):
-        info = sweep[("ds-inference", ranks, "none")]["backend_info"]
-        assert info["tp_size"] == ranks and info["path"] == "autotp"
-        assert info["path_reason"].startswith("auto: no GPU")
-    r = sweep[("ds-inference", 2, "none")]
-    assert r["streams"] == 1 and r["ms_per_token"] == r["ms_per_token_per_stream"]
-    # Tensor parallel ranks compute one batch together: both saw the same prompts.
-    a, b = (p["prompt_logits_top5"] for p in r["per_rank"])
-    assert a == b
-
-
-@on_the_sweep
-def test_zero_streams_per_rank(sweep):
-    for offload in ("none", "cpu"):
-        r = sweep[("ds-zero", 2, offload)]
-        assert r["streams"] == 2 and r["backend_info"]["offload_param"] == offload
-        assert r["ms_per_token"] == pytest.approx(r["ms_per_token_per_stream"] / 2)
-        assert r["tokens_per_s"] == pytest.approx(2 * 4 * 2 / r["generate_s"][0])
-        ranks = r["per_rank"]
-        assert [p["rank"] for p in ranks] == [0, 1]
-        # Every rank generated its own stream: different prompts, different next-token logits.
-        assert ranks[0]["prompt_logits_top5"] != ranks[1]["prompt_logits_top5"]
-    info = sweep[("ds-zero", 1, "none")]["backend_info"]
-    assert info["zero_stage"] == 3 and info["reduce_bucket_size"] == 64 * 64
-    assert info["stage3_prefetch_bucket_size"] == int(0.9 * 64 * 64)
-
-
-@on_the_sweep
-def test_same_function_as_accelerate(sweep):
-    """Same seeded fp32 model and prompt (stream 0 on rank 0): the same next-token logits and ids."""
-    ref = sweep[("accelerate", 1, "none")]
-    for key, r in sweep.items():
-        if r["status"] != "ok" or key[0] == "accelerate":
-            continue
-        assert r["prompt_logits_top5"]["ids"] == ref["prompt_logits_top5"]["ids"], key
-        assert r["prompt_logits_top5"]["logits"] == pytest.approx(ref["prompt_logits_top5"]["logits"], abs=1e-4), key
-        assert r["output_tail_ids"] == ref["output_tail_ids"], key
+    def test_same_function_as_accelerate(self, sweep):
+        """Same seeded fp32 model and prompt (stream 0 on rank 0): the same next-token logits and ids."""
+        ref = sweep[("accelerate", 1, "none")]
+        for key, r in sweep.items():
+            if r["status"] != "ok" or key[0] == "accelerate":
+                continue
+            assert r["prompt_logits_top5"]["ids"] == ref["prompt_logits_top5"]["ids"], key
+            assert r["prompt_logits_top5"]["logits"] == pytest.approx(ref["prompt_logits_top5"]["logits"],
+                                                                      abs=1e-4), key
+            assert r["output_tail_ids"] == ref["output_tail_ids"], key
 
 
 def test_pre_sharded_written_once_then_reloaded(tmp_path, cache_dir):

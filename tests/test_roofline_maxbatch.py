@@ -230,9 +230,6 @@ def test_max_batch_search_hits_real_oom_and_measures_the_largest(tmp_path, cache
     assert r["roofline"]["kv_bytes"] == 2 * 2 * 64 * 4 * r["max_batch_size"] * (256 + 1)
 
 
-on_the_compiled_sweep = pytest.mark.xdist_group("compiled_sweep")  # its tests: one worker
-
-
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory, cache_dir):
     """compile=false,true on the same seeded model (fp32), one sweep; torch.compile through inductor takes
@@ -244,40 +241,41 @@ def compiled(tmp_path_factory, cache_dir):
     return sweep_dir, results(sweep_dir)
 
 
-@on_the_compiled_sweep
-def test_compiled_static_cache_generates_the_same_tokens(compiled):
-    _, (eager, comp) = compiled
-    assert (eager["status"], comp["status"]) == ("ok", "ok"), (eager["reason"], comp["reason"])
-    assert eager["backend_info"]["compile"] is False and "compiled" not in eager["backend_info"]
-    info = comp["backend_info"]
-    assert info["compile"] is True and info["compiled"] is True and info["cache_implementation"] == "static"
-    assert eager["backend_info"]["attn_implementation"] == info["attn_implementation"] == "eager"  # BLOOM: no SDPA
-    assert comp["output_tail_ids"] == eager["output_tail_ids"] and len(eager["output_tail_ids"]) == 8
-    assert comp["prompt_logits_top5"] == eager["prompt_logits_top5"]
+class TestCompiledSweep:
+    """The checks of the module-scoped `compiled` sweep: one class, so that one xdist worker runs them all,
+    and the sweep once (tests/conftest.py)."""
+
+    def test_compiled_static_cache_generates_the_same_tokens(self, compiled):
+        _, (eager, comp) = compiled
+        assert (eager["status"], comp["status"]) == ("ok", "ok"), (eager["reason"], comp["reason"])
+        assert eager["backend_info"]["compile"] is False and "compiled" not in eager["backend_info"]
+        info = comp["backend_info"]
+        assert info["compile"] is True and info["compiled"] is True and info["cache_implementation"] == "static"
+        assert eager["backend_info"]["attn_implementation"] == info["attn_implementation"] == "eager"  # BLOOM: no SDPA
+        assert comp["output_tail_ids"] == eager["output_tail_ids"] and len(eager["output_tail_ids"]) == 8
+        assert comp["prompt_logits_top5"] == eager["prompt_logits_top5"]
+
+    def test_every_ok_point_has_its_roofline_against_one_set_of_ceilings(self, compiled):
+        sweep_dir, res = compiled
+        ceilings = [r["env"]["ceilings"] for r in res]
+        assert ceilings[0] == ceilings[1] and ceilings[0]["measured_by_job"] == 0  # measured once per sweep
+        assert ceilings[0]["file"].startswith(str(sweep_dir)) and ceilings[0]["copy_gbps"] > 0
+        for r in res:
+            roof = r["roofline"]
+            assert roof["weight_bytes"] == 4 * roof["params"] > 0  # fp32
+            assert roof["bound"] in ("memory", "compute")
+            assert roof["floor_ms_per_step"] == max(roof["decode_floor_ms_per_step"], roof["compute_floor_ms_per_step"])
+            assert roof["fraction_of_floor"] == pytest.approx(roof["floor_ms_per_step"] / r["decode_ms_per_step"])
+            assert r["decode_ms_per_step"] > 0 and 0 < roof["fraction_of_floor"] < 1
+
+    def test_report_shows_the_fraction_of_the_floor(self, compiled, tmp_path):
+        sweep_dir, res = compiled
+        write_report(load_results([sweep_dir]), tmp_path)
+        table = (tmp_path / "roofline_bloom-tiny-cpu.md").read_text()
+        rows = {"compile=False": res[0], "compile=True": res[1]}
+        for option, r in rows.items():
+            cell = f"{r['roofline']['fraction_of_floor']:.2g} {r['roofline']['bound']}"
+            assert any(option in line and cell in line for line in table.splitlines()), (option, cell, table)
+        assert "Fraction of the roofline floor" in (tmp_path / "report.md").read_text()
 
 
-@on_the_compiled_sweep
-def test_every_ok_point_has_its_roofline_against_one_set_of_ceilings(compiled):
-    sweep_dir, res = compiled
-    ceilings = [r["env"]["ceilings"] for r in res]
-    assert ceilings[0] == ceilings[1] and ceilings[0]["measured_by_job"] == 0  # measured once per sweep
-    assert ceilings[0]["file"].startswith(str(sweep_dir)) and ceilings[0]["copy_gbps"] > 0
-    for r in res:
-        roof = r["roofline"]
-        assert roof["weight_bytes"] == 4 * roof["params"] > 0  # fp32
-        assert roof["bound"] in ("memory", "compute")
-        assert roof["floor_ms_per_step"] == max(roof["decode_floor_ms_per_step"], roof["compute_floor_ms_per_step"])
-        assert roof["fraction_of_floor"] == pytest.approx(roof["floor_ms_per_step"] / r["decode_ms_per_step"])
-        assert r["decode_ms_per_step"] > 0 and 0 < roof["fraction_of_floor"] < 1
-
-
-@on_the_compiled_sweep
-def test_report_shows_the_fraction_of_the_floor(compiled, tmp_path):
-    sweep_dir, res = compiled
-    write_report(load_results([sweep_dir]), tmp_path)
-    table = (tmp_path / "roofline_bloom-tiny-cpu.md").read_text()
-    rows = {"compile=False": res[0], "compile=True": res[1]}
-    for option, r in rows.items():
-        cell = f"{r['roofline']['fraction_of_floor']:.2g} {r['roofline']['bound']}"
-        assert any(option in line and cell in line for line in table.splitlines()), (option, cell, table)
-    assert "Fraction of the roofline floor" in (tmp_path / "report.md").read_text()

@@ -5,10 +5,9 @@ import time
 
 import psutil
 import pytest
-from conftest import ACCELERATE_SWEEP, results, run_runner
+from conftest import results, run_runner
 
 FAST = ["new_tokens=16", "repeats=3", "prompt_tokens=4"]
-on_the_sweep = pytest.mark.xdist_group(ACCELERATE_SWEEP)
 
 
 @pytest.fixture(scope="module")
@@ -18,52 +17,50 @@ def sweep(accelerate_sweep):
     return accelerate_sweep["dir"], accelerate_sweep["proc"], accelerate_sweep["results"]
 
 
-@on_the_sweep
-def test_every_point_measured(sweep):
-    _, _, res = sweep
-    ok = [r for r in res if r["config"]["dtype"]["name"] == "bf16"]
-    assert [r["status"] for r in ok] == ["ok", "ok"]
-    assert sorted(r["config"]["batch_size"] for r in ok) == [1, 4]
-    for r in ok:
-        assert len(r["generate_s"]) == 3
-        assert r["ms_per_token"] > 0 and r["ms_per_token_min"] <= r["ms_per_token"] <= r["ms_per_token_max"]
-        expected = r["generate_s"]
-        assert r["ms_per_token_min"] == pytest.approx(min(expected) * 1000 / (r["config"]["batch_size"] * 16))
-        assert 0 < r["ttft_ms"] < sorted(r["generate_s"])[1] * 1000  # prefill + 1 token < prefill + 16
-        assert r["decode_ms_per_step"] > 0
-        assert r["tokens_per_s"] == pytest.approx(r["config"]["batch_size"] * 16 / sorted(expected)[1])
-        assert r["load_s"] > 0 and r["warmup_s"] > 0 and r["peak_mem_gib"] > 0
-        assert r["env"]["torch"] and r["env"]["transformers"] and r["env"]["hostname"]
-        assert r["config"]["num_gpus"] == 0
-        assert r["run_id"] == res[0]["run_id"] and r["log"].endswith("job.log")
+class TestAccelerateSweep:
+    """The checks of conftest's accelerate_sweep. tests/test_analysis_report.py checks the same sweep in a
+    class of the same name: tests/conftest.py runs every class of that name on one xdist worker, which runs
+    the sweep once."""
 
+    def test_every_point_measured(self, sweep):
+        _, _, res = sweep
+        ok = [r for r in res if r["config"]["dtype"]["name"] == "bf16"]
+        assert [r["status"] for r in ok] == ["ok", "ok"]
+        assert sorted(r["config"]["batch_size"] for r in ok) == [1, 4]
+        for r in ok:
+            assert len(r["generate_s"]) == 3
+            assert r["ms_per_token"] > 0 and r["ms_per_token_min"] <= r["ms_per_token"] <= r["ms_per_token_max"]
+            expected = r["generate_s"]
+            assert r["ms_per_token_min"] == pytest.approx(min(expected) * 1000 / (r["config"]["batch_size"] * 16))
+            assert 0 < r["ttft_ms"] < sorted(r["generate_s"])[1] * 1000  # prefill + 1 token < prefill + 16
+            assert r["decode_ms_per_step"] > 0
+            assert r["tokens_per_s"] == pytest.approx(r["config"]["batch_size"] * 16 / sorted(expected)[1])
+            assert r["load_s"] > 0 and r["warmup_s"] > 0 and r["peak_mem_gib"] > 0
+            assert r["env"]["torch"] and r["env"]["transformers"] and r["env"]["hostname"]
+            assert r["config"]["num_gpus"] == 0
+            assert r["run_id"] == res[0]["run_id"] and r["log"].endswith("job.log")
 
-@on_the_sweep
-def test_invalid_combination_is_a_result(sweep):
-    _, _, res = sweep
-    int8 = [r for r in res if r["config"]["dtype"]["name"] == "int8"]
-    assert [r["status"] for r in int8] == ["invalid", "invalid"]
-    assert all("dtype=int8" in r["reason"] for r in int8)
+    def test_invalid_combination_is_a_result(self, sweep):
+        _, _, res = sweep
+        int8 = [r for r in res if r["config"]["dtype"]["name"] == "int8"]
+        assert [r["status"] for r in int8] == ["invalid", "invalid"]
+        assert all("dtype=int8" in r["reason"] for r in int8)
 
+    def test_end_of_sweep_table_has_the_seed_shape(self, sweep):
+        sweep_dir, proc, _ = sweep
+        with open(sweep_dir / "seed_table.csv") as f:
+            rows = list(csv.reader(f))
+        assert rows[0] == ["", "1", "4"]
+        labels = {row[0]: row[1:] for row in rows[1:]}
+        assert labels["accelerate int8"] == ["invalid", "invalid"]
+        assert all(float(v) > 0 for v in labels["accelerate bf16"])
+        assert "accelerate bf16" in proc.stdout
 
-@on_the_sweep
-def test_end_of_sweep_table_has_the_seed_shape(sweep):
-    sweep_dir, proc, _ = sweep
-    with open(sweep_dir / "seed_table.csv") as f:
-        rows = list(csv.reader(f))
-    assert rows[0] == ["", "1", "4"]
-    labels = {row[0]: row[1:] for row in rows[1:]}
-    assert labels["accelerate int8"] == ["invalid", "invalid"]
-    assert all(float(v) > 0 for v in labels["accelerate bf16"])
-    assert "accelerate bf16" in proc.stdout
-
-
-@on_the_sweep
-def test_progress_shows_jobs_and_phases(sweep):
-    _, proc, _ = sweep
-    assert "[1/4" in proc.stderr and "[4/4" in proc.stderr
-    assert "loading" in proc.stderr and "repeat 3/3" in proc.stderr
-    assert "accelerate bf16 gpus=0 bs=4 ok" in proc.stderr and "ms/token" in proc.stderr
+    def test_progress_shows_jobs_and_phases(self, sweep):
+        _, proc, _ = sweep
+        assert "[1/4" in proc.stderr and "[4/4" in proc.stderr
+        assert "loading" in proc.stderr and "repeat 3/3" in proc.stderr
+        assert "accelerate bf16 gpus=0 bs=4 ok" in proc.stderr and "ms/token" in proc.stderr
 
 
 def test_out_of_memory_is_a_result(tmp_path, cache_dir):
