@@ -29,11 +29,16 @@ def _run(cmd: list) -> str:
 
 
 def git_rev() -> str | None:
-    """The project's commit, `-dirty` when tracked files differ from it; None when the project is not a git
-    checkout of its own (an exported tree inside another repository must not take that repository's)."""
+    """The project's commit, `-dirty` when tracked files differ from it. A tree made by `git archive` (as
+    copied to a GPU machine) has it in REVISION (.gitattributes: export-subst), and must not take the
+    commit of a repository it happens to sit in; None where neither tells."""
     top = _run(["git", "-C", str(PROJECT_ROOT), "rev-parse", "--show-toplevel"])
     if not top or Path(top).resolve() != PROJECT_ROOT:
-        return None
+        try:
+            archived = (PROJECT_ROOT / "REVISION").read_text().strip()
+        except OSError:
+            return None
+        return archived if archived and not archived.startswith("$Format") else None
     rev = _run(["git", "-C", str(PROJECT_ROOT), "rev-parse", "--short", "HEAD"])
     dirty = _run(["git", "-C", str(PROJECT_ROOT), "status", "--porcelain", "--untracked-files=no"])
     return f"{rev}-dirty" if rev and dirty else rev or None
