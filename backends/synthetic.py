@@ -1,4 +1,5 @@
-"""Synthetic BLOOM checkpoints: a config with random weights (fixed seed), saved once as safetensors.
+"""Synthetic checkpoints (BLOOM or Llama shapes): a config with random weights (fixed seed), saved once as
+safetensors.
 
 Loading it then measures real loading from disk, exactly as for a user's checkpoint.
 `python -m backends.synthetic JOB_DIR` builds the job's checkpoint; the runner calls it before
@@ -26,6 +27,8 @@ def checkpoint_dir(config: dict) -> Path:
         return Path(model["path"])
     dtype = STORAGE_DTYPE[config["dtype"]["name"]]
     shape = f"h{model['hidden_size']}-l{model['n_layer']}-a{model['n_head']}-v{model['vocab_size']}"
+    if model["arch"] != "bloom":
+        shape = f"{model['arch']}-{shape}-kv{model['n_kv_head']}-i{model['intermediate_size']}"
     return cache_root(config) / "models" / f"{model['name']}-{shape}-{dtype}-seed{config['seed']}"
 
 
@@ -33,11 +36,21 @@ def checkpoint_ready(config: dict) -> bool:
     return (checkpoint_dir(config) / "config.json").exists()
 
 
-def bloom_config(model: dict):
-    from transformers import BloomConfig
+SYNTHETIC_ARCHS = ("bloom", "llama")
 
+
+def synthetic_config(model: dict):
+    """The transformers config of a synthetic shape (model.arch: bloom | llama)."""
+    from transformers import BloomConfig, LlamaConfig
+
+    tokens = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 3}
+    if model["arch"] == "llama":
+        return LlamaConfig(hidden_size=model["hidden_size"], num_hidden_layers=model["n_layer"],
+                           num_attention_heads=model["n_head"],
+                           num_key_value_heads=model["n_kv_head"] or model["n_head"],
+                           intermediate_size=model["intermediate_size"], vocab_size=model["vocab_size"], **tokens)
     return BloomConfig(hidden_size=model["hidden_size"], n_layer=model["n_layer"], n_head=model["n_head"],
-                       vocab_size=model["vocab_size"], bos_token_id=1, eos_token_id=2, pad_token_id=3)
+                       vocab_size=model["vocab_size"], **tokens)
 
 
 def build_checkpoint(config: dict) -> Path:
@@ -55,7 +68,7 @@ def build_checkpoint(config: dict) -> Path:
     torch.manual_seed(config["seed"])
     with torch.device(device):
         # dtype_kwargs: `torch_dtype` on the transformers 4.43.4 stack that DeepSpeed's BLOOM kernels need
-        model = AutoModelForCausalLM.from_config(bloom_config(config["model"]), **dtype_kwargs(dtype))
+        model = AutoModelForCausalLM.from_config(synthetic_config(config["model"]), **dtype_kwargs(dtype))
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     model.save_pretrained(tmp, safe_serialization=True)
     target.parent.mkdir(parents=True, exist_ok=True)

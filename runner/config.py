@@ -71,14 +71,20 @@ class OffloadConfig:
 @dataclass
 class ModelConfig:
     name: str = MISSING
-    # synthetic: a BLOOM config with random weights (fixed seed), saved once as safetensors.
+    # synthetic: a config of `arch` with random weights (fixed seed), saved once as safetensors.
     # pretrained: `path` is a local checkpoint directory or a hub name.
     source: str = "synthetic"
     path: str | None = None
+    # bloom (ALiBi, fused QKV, tied embedding: the seed's model) | llama (RoPE, grouped-query attention,
+    # gated MLP, untied lm_head: today's common decoder, with SDPA and flash attention in transformers)
+    arch: str = "bloom"
     hidden_size: int = 64
     n_layer: int = 2
     n_head: int = 4
     vocab_size: int = 250880
+    # llama only: key/value heads (grouped-query attention; null: n_head) and the MLP's inner width
+    n_kv_head: int | None = None
+    intermediate_size: int | None = None
 
 
 class Rerun(Enum):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import psutil
 
+from backends.synthetic import SYNTHETIC_ARCHS
 from runner.cluster import nodes_reason
 from runner.stack import Stack, gpu_memory_gib
 
@@ -79,7 +80,7 @@ def model_type(config: dict) -> str | None:
     """The architecture the job loads: bloom for the synthetic shapes, config.json's for a local dir."""
     model = config["model"]
     if model["source"] == "synthetic":
-        return "bloom"
+        return model["arch"]
     path = Path(model["path"] or "").expanduser() / "config.json"
     try:
         return json.loads(path.read_text()).get("model_type")
@@ -212,6 +213,14 @@ def _model(config: dict) -> str | None:
     model = config["model"]
     if model["source"] not in ("synthetic", "pretrained"):
         return f"model.source={model['source']}: allowed: synthetic, pretrained"
+    if model["source"] == "synthetic":
+        if model["arch"] not in SYNTHETIC_ARCHS:
+            return f"model.arch={model['arch']}: allowed: {', '.join(SYNTHETIC_ARCHS)}"
+        if model["arch"] == "llama" and not model["intermediate_size"]:
+            return "model.intermediate_size is not set (allowed: a positive int; model.arch=llama needs it)"
+        kv = model["n_kv_head"] or model["n_head"]
+        if model["n_head"] % kv:
+            return f"model.n_kv_head={kv}: must divide model.n_head={model['n_head']}"
     if model["source"] == "pretrained":
         path = model["path"]
         if not path:
@@ -225,11 +234,16 @@ def _model(config: dict) -> str | None:
 WEIGHT_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1}
 
 
-def bloom_params(model: dict) -> int:
-    """Parameters of a synthetic BLOOM shape: the (tied) embedding, 4h of outer layer norms, and per layer
-    12h^2 + 13h (QKV, output, the 4h MLP, their biases and two layer norms)."""
-    h, n = model["hidden_size"], model["n_layer"]
-    return model["vocab_size"] * h + 4 * h + n * (12 * h * h + 13 * h)
+def synthetic_params(model: dict) -> int:
+    """Parameters of a synthetic shape. BLOOM: the (tied) embedding, 4h of outer layer norms, and per layer
+    12h^2 + 13h (QKV, output, the 4h MLP, their biases, two layer norms). Llama: embedding and lm_head
+    (untied), a final norm, and per layer Q and O (h^2 each), K and V (h x kv width each), the gated MLP
+    (3 x h x intermediate) and two norms; no biases."""
+    h, n, vocab = model["hidden_size"], model["n_layer"], model["vocab_size"]
+    if model["arch"] == "llama":
+        kv = h * (model["n_kv_head"] or model["n_head"]) // model["n_head"]
+        return 2 * vocab * h + h + n * (2 * h * h + 2 * h * kv + 3 * h * model["intermediate_size"] + 2 * h)
+    return vocab * h + 4 * h + n * (12 * h * h + 13 * h)
 
 
 def _fits(config: dict, gpus: tuple) -> str | None:
@@ -239,7 +253,7 @@ def _fits(config: dict, gpus: tuple) -> str | None:
     model, dtype, n = config["model"], config["dtype"]["name"], config["num_gpus"]
     if model["source"] != "synthetic" or config["offload"]["name"] != "none":
         return None
-    need = bloom_params(model) * WEIGHT_BYTES[dtype] / 2**30
+    need = synthetic_params(model) * WEIGHT_BYTES[dtype] / 2**30
     if n == 0:
         have, where = psutil.virtual_memory().total / 2**30, "this machine's RAM (num_gpus=0)"
     else:

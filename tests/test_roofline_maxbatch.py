@@ -84,10 +84,10 @@ def test_measurement_steps_down_where_the_found_size_runs_out_of_memory():
 def tiny_bloom(vocab: int = 1024):
     from transformers import AutoModelForCausalLM
 
-    from backends.synthetic import bloom_config
+    from backends.synthetic import synthetic_config
 
     torch.manual_seed(0)
-    cfg = bloom_config({"hidden_size": 64, "n_layer": 2, "n_head": 4, "vocab_size": vocab})
+    cfg = synthetic_config({"arch": "bloom", "hidden_size": 64, "n_layer": 2, "n_head": 4, "vocab_size": vocab})
     return AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
 
 

@@ -42,6 +42,13 @@ def config(*overrides: str, num_gpus: int = 1) -> dict:
     (["backend.device_map=balanced_low_0", "num_gpus=2"], ("0", "1"), STACK, None),
     (["backend.device_map=round_robin"], ("0",), STACK,
      "backend.device_map=round_robin: allowed: auto, balanced, balanced_low_0, sequential"),
+    (["model.arch=gpt2"], ("0",), STACK, "model.arch=gpt2: allowed: bloom, llama"),
+    (["model=llama-tiny", "model.intermediate_size=null"], ("0",), STACK,
+     "model.intermediate_size is not set (allowed: a positive int; model.arch=llama needs it)"),
+    (["model=llama-tiny", "model.n_kv_head=3"], ("0",), STACK, "model.n_kv_head=3: must divide model.n_head=4"),
+    (["model=llama-tiny", "backend.attn_implementation=sdpa"], ("0",), STACK, None),
+    (["backend.attn_implementation=sdpa"], ("0",), STACK,
+     "backend.attn_implementation=sdpa: transformers has only eager attention for BLOOM (allowed for BLOOM: eager or null)"),
 ])
 def test_invalid_reason(overrides, gpus, stack, expected):
     assert invalid_reason(config(*overrides), stack, gpus) == expected
@@ -67,16 +74,20 @@ def test_sweep_size_counts_the_cartesian_product():
     assert sweep_size(["new_tokens=10"]) == 1
 
 
-def test_bloom_params_match_the_built_model():
+@pytest.mark.parametrize("name, params", [("bloom-7b1", 7_069_016_064), ("llama-8b", 8_030_261_248)])
+def test_synthetic_params_match_the_built_model(name, params):
+    """The formula the size check uses, against the model transformers builds (tiny shapes), and the known
+    totals of the large ones (bloom-7b1: the H100 results' params; Llama-3-8B: 8.03 B)."""
     from transformers import AutoModelForCausalLM
 
-    from backends.synthetic import bloom_config
-    from runner.validate import bloom_params
+    from backends.synthetic import synthetic_config
+    from runner.validate import synthetic_params
 
-    shape = config("model=bloom-tiny")["model"]
-    model = AutoModelForCausalLM.from_config(bloom_config(shape))
-    assert bloom_params(shape) == sum(p.numel() for p in model.parameters())
-    assert bloom_params(config("model=bloom-7b1")["model"]) == 7_069_016_064  # the H100 results' params
+    for tiny in ("bloom-tiny", "llama-tiny"):
+        shape = config(f"model={tiny}")["model"]
+        model = AutoModelForCausalLM.from_config(synthetic_config(shape))
+        assert synthetic_params(shape) == sum(p.numel() for p in model.parameters()), tiny
+    assert synthetic_params(config(f"model={name}")["model"]) == params
 
 
 def test_weights_larger_than_the_devices_are_refused_before_the_checkpoint_is_built(monkeypatch):
