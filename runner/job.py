@@ -222,6 +222,16 @@ def _interrupted(job_dir: Path, log_path: Path, exc: KeyboardInterrupt) -> None:
         set_aside(job_dir, "interrupted")
 
 
+def _ended_ok(job_dir: Path) -> bool:
+    """Whether the worker wrote an `ok` result; a job that did not end ok keeps its processes until they exit,
+    so that how they ended (a rank's signal, the launcher's words) can name the cause."""
+    try:
+        result = read_result(job_dir)
+    except ValueError:
+        return False
+    return result is not None and result["status"] == "ok"
+
+
 def _run(job: dict, job_dir: Path, log_path: Path, progress: Progress) -> dict:
     config = job["config"]
     python = interpreter(config["stack"])
@@ -251,7 +261,7 @@ def _run(job: dict, job_dir: Path, log_path: Path, progress: Progress) -> dict:
     if config["isolate"]:
         cmd = launcher_command(config, python, job_dir, visible_gpus())
         offset = _size(log_path)
-        rc = run_process(cmd, log_path, config["timeout_s"], on_tick=progress.tick)
+        rc = run_process(cmd, log_path, config["timeout_s"], on_tick=progress.tick, finished=lambda: _ended_ok(job_dir))
     else:
         rc, offset = _run_in_session(job, job_dir, python, progress)
     progress.tick()

@@ -172,10 +172,12 @@ def release_shared_memory(cmd: list) -> None:
 
 
 def run_process(cmd: list, log_path: Path, timeout_s: float, env: dict | None = None,
-                on_tick: Callable[[], None] = lambda: None) -> int | None:
+                on_tick: Callable[[], None] = lambda: None, finished: Callable[[], bool] = lambda: False) -> int | None:
     """Run `cmd` with its output appended to `log_path`; its exit code, or None if it timed out.
 
-    The process tree is killed on timeout and on any interruption of the runner (Ctrl-C included).
+    The process tree is killed on timeout and on any interruption of the runner (Ctrl-C included), and
+    once `finished()` says its work is done: the launchers' own shutdown (DeepSpeed's polls every second,
+    then every rank tears down its interpreter) took seconds per job after the result was written; 0 then.
     """
     deadline = time.monotonic() + timeout_s
     with open(log_path, "a") as log:
@@ -191,6 +193,9 @@ def run_process(cmd: list, log_path: Path, timeout_s: float, env: dict | None = 
                     return rc
                 except subprocess.TimeoutExpired:
                     on_tick()
+                    if finished():
+                        kill_tree(proc)
+                        return 0
                     if time.monotonic() > deadline:
                         kill_tree(proc)
                         return None

@@ -117,7 +117,8 @@ def stamp(path: Path) -> tuple:
 
 def fault_stack(tmp_path: Path, fault: str) -> Path:
     """A `stack` interpreter (the README's PYTHONPATH wrapper) whose sitecustomize injects `fault` into the
-    worker process alone, where it imports backends.env: `raise` an exception, or `sleep` for an hour."""
+    worker process alone, where it imports backends.env: `raise` an exception, `sleep` for an hour, or
+    `linger`: run normally, then sleep for an hour on its way out (at exit)."""
     inject = tmp_path / f"inject-{fault}"
     inject.mkdir()
     (inject / "sitecustomize.py").write_text(
@@ -125,6 +126,9 @@ def fault_stack(tmp_path: Path, fault: str) -> Path:
         "class InjectFault:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
         "        if name == 'backends.env':\n"
+        f"            if {fault!r} == 'linger':\n"
+        "                import atexit; atexit.register(time.sleep, 3600)\n"
+        "                return None\n"
         f"            if {fault!r} == 'sleep':\n"
         "                time.sleep(3600)\n"
         "            raise RuntimeError('injected fault: the worker cannot import backends.env')\n"
@@ -171,6 +175,19 @@ def test_worker_sleeping_past_its_timeout_is_timeout(tmp_path, cache_dir):
     assert (result["status"], result["reason"]) == ("timeout", "no result within timeout_s=5.0")
     assert time.monotonic() - start < 60
     assert processes_of(tmp_path) == []  # the sleeping worker and its launcher were ended
+
+
+def test_a_worker_that_lingers_after_its_ok_result_is_ended_and_the_job_is_ok(tmp_path, cache_dir):
+    """Once an `ok` result is written the runner ends the job's processes instead of waiting for the
+    launchers' own shutdown (seconds per DeepSpeed job; here an hour)."""
+    start = time.monotonic()
+    proc = run_runner([f"stack={fault_stack(tmp_path, 'linger')}", "timeout_s=120", *SMALL,
+                       f"hydra.run.dir={tmp_path / 'job'}"], cache_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "job" / "result.json").read_text())
+    assert result["status"] == "ok", result["reason"]
+    assert time.monotonic() - start < 90  # not the timeout, let alone the hour
+    assert processes_of(tmp_path) == []
 
 
 def test_uncaught_exception_in_the_worker_is_error_with_its_last_line(tmp_path, cache_dir):
