@@ -53,6 +53,18 @@ def synthetic_config(model: dict):
                        vocab_size=model["vocab_size"], **tokens)
 
 
+def synthetic_params(model: dict) -> int:
+    """Parameters of a synthetic shape. BLOOM: the (tied) embedding, 4h of outer layer norms, and per layer
+    12h^2 + 13h (QKV, output, the 4h MLP, their biases, two layer norms). Llama: embedding and lm_head
+    (untied), a final norm, and per layer Q and O (h^2 each), K and V (h x kv width each), the gated MLP
+    (3 x h x intermediate) and two norms; no biases."""
+    h, n, vocab = model["hidden_size"], model["n_layer"], model["vocab_size"]
+    if model["arch"] == "llama":
+        kv = h * (model["n_kv_head"] or model["n_head"]) // model["n_head"]
+        return 2 * vocab * h + h + n * (2 * h * h + 2 * h * kv + 3 * h * model["intermediate_size"] + 2 * h)
+    return vocab * h + 4 * h + n * (12 * h * h + 13 * h)
+
+
 def build_checkpoint(config: dict) -> Path:
     """Build and save the checkpoint (on a GPU when there is one: 7B random weights in seconds)."""
     import torch

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import psutil
 
-from backends.synthetic import SYNTHETIC_ARCHS
+from backends.synthetic import SYNTHETIC_ARCHS, synthetic_params
 from runner.cluster import nodes_reason
 from runner.stack import Stack, gpu_memory_gib
 
@@ -102,8 +102,9 @@ def _version_tuple(version: str | None, length: int = 2) -> tuple:
     return tuple(parts)
 
 
-# DeepSpeed PR #6528 (first released in 0.15.2) made init_inference accept only the accelerator's
-# supported_dtypes(), which lists no int8 on any accelerator: "Data type torch.int8 is not supported".
+# DeepSpeed PR #6528 made init_inference accept only the accelerator's supported_dtypes(), which lists no
+# int8 on any accelerator: "Data type torch.int8 is not supported". First in 0.15.2 (inference/engine.py
+# of the 0.15.1 and 0.15.2 sdists compared); 0.19.8 refused it on the H100.
 DS_INT8_GATE_FROM = (0, 15, 2)
 
 
@@ -232,18 +233,6 @@ def _model(config: dict) -> str | None:
 
 
 WEIGHT_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1}
-
-
-def synthetic_params(model: dict) -> int:
-    """Parameters of a synthetic shape. BLOOM: the (tied) embedding, 4h of outer layer norms, and per layer
-    12h^2 + 13h (QKV, output, the 4h MLP, their biases, two layer norms). Llama: embedding and lm_head
-    (untied), a final norm, and per layer Q and O (h^2 each), K and V (h x kv width each), the gated MLP
-    (3 x h x intermediate) and two norms; no biases."""
-    h, n, vocab = model["hidden_size"], model["n_layer"], model["vocab_size"]
-    if model["arch"] == "llama":
-        kv = h * (model["n_kv_head"] or model["n_head"]) // model["n_head"]
-        return 2 * vocab * h + h + n * (2 * h * h + 2 * h * kv + 3 * h * model["intermediate_size"] + 2 * h)
-    return vocab * h + 4 * h + n * (12 * h * h + 13 * h)
 
 
 def _fits(config: dict, gpus: tuple) -> str | None:

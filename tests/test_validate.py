@@ -80,8 +80,7 @@ def test_synthetic_params_match_the_built_model(name, params):
     totals of the large ones (bloom-7b1: the H100 results' params; Llama-3-8B: 8.03 B)."""
     from transformers import AutoModelForCausalLM
 
-    from backends.synthetic import synthetic_config
-    from runner.validate import synthetic_params
+    from backends.synthetic import synthetic_config, synthetic_params
 
     for tiny in ("bloom-tiny", "llama-tiny"):
         shape = config(f"model={tiny}")["model"]
