@@ -256,6 +256,7 @@ class DSInferenceBackend:
                 shards = self._shard_dir()
                 self.info["loaded_from"] = "ds pre-sharded checkpoint"
                 self.engine = self._init_kernels(self._meta_model(), shards / "ds_inference_config.json", shards)
+                self.info["recast_params"] = self._recast_params(self.engine.module)
             else:
                 base, files = self._torch_checkpoint()
                 self.info["loaded_from"] = "meta model + checkpoint json"
@@ -270,6 +271,18 @@ class DSInferenceBackend:
         if not self.kernels and self.world > 1 and self.hf_config.model_type == "bloom":
             self.model.transformer.register_forward_pre_hook(_fill_attention_mask, with_kwargs=True)
             self.info["bloom_explicit_mask"] = True
+
+    def _recast_params(self, model: torch.nn.Module) -> list:
+        """DeepSpeed's reload of its own pre-sharded checkpoint rebuilds a linear layer that the non-tp
+        file holds (BLOOM's tied output head) through LinearLayer.from_weights, which ignores the dtype it
+        is given (deepspeed/module_inject/layers.py, 0.19.8): an fp32 head that the fp16 hidden states
+        cannot multiply. Casts such parameters to the run's dtype on the device; returns their names."""
+        recast = []
+        for name, p in model.named_parameters():
+            if p.is_floating_point() and p.dtype != self.dtype:
+                p.data = p.data.to(device(self.config), self.dtype)
+                recast.append(name)
+        return recast
 
     def _load_autotp_shards(self):
         shards = self._shard_dir()

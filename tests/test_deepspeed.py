@@ -377,3 +377,21 @@ os.remove({str(live)!r})
     assert clear_stale_build_locks() == [str(stale)] and not stale.exists()
     assert time.monotonic() - start > 1.0  # it waited for the live build instead of removing its lock
     assert builder.wait(timeout=10) == 0  # the builder removed its own lock: nobody took it away
+
+
+def test_pre_sharded_reload_recasts_deepspeed_fp32_head():
+    """DeepSpeed rebuilds BLOOM's tied output head from its own pre-sharded checkpoint with
+    LinearLayer.from_weights, which ignores the dtype it is given; the fp32 head then failed every
+    fp16 generate on the H100 ("expected mat1 and mat2 to have the same dtype")."""
+    import torch
+    from deepspeed.module_inject.layers import LinearLayer
+
+    from backends.ds_inference import DSInferenceBackend
+
+    head = LinearLayer.from_weights(weight_shape=(8, 4), dtype=torch.float16)
+    assert head.weight.dtype == torch.float32  # DeepSpeed's behaviour: if this fails, it was fixed upstream
+    model = torch.nn.ModuleDict({"proj": torch.nn.Linear(4, 4, dtype=torch.float16), "lm_head": head})
+    backend = DSInferenceBackend(config("backend=ds-inference", "dtype=fp16"), "unused")
+    assert backend._recast_params(model) == ["lm_head.weight"]
+    assert {p.dtype for p in model.parameters()} == {torch.float16}
+    assert backend._recast_params(model) == []
