@@ -65,14 +65,16 @@ VERSIONS = ("torch", "transformers", "accelerate", "deepspeed", "bitsandbytes")
 
 
 def sweep_summary(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per run: run_id, started (earliest job timestamp), hardware, host, gpu, library versions,
-    job count and statuses ("3 ok, 1 oom")."""
+    """One row per run: run_id, started (earliest job timestamp), hardware (each kind its jobs ran on: a
+    num_gpus=1,2 sweep reads "1x H100, 2x H100"), host, gpu, library versions, job count and statuses
+    ("3 ok, 1 oom")."""
     def first(jobs: pd.DataFrame, col: str) -> object:
         values = jobs[col].dropna() if col in jobs else []
         return values.iloc[0] if len(values) else None
 
     return pd.DataFrame([
-        {"run_id": run_id, "started": jobs["timestamp"].min(), "hardware": first(jobs, "hardware"),
+        {"run_id": run_id, "started": jobs["timestamp"].min(),
+         "hardware": ", ".join(sorted(jobs["hardware"].dropna().unique())) or None,
          "host": first(jobs, "env.hostname"), "gpu": first(jobs, "env.gpu_name"),
          **{lib: first(jobs, f"env.{lib}") for lib in VERSIONS}, "jobs": len(jobs),
          "statuses": ", ".join(f"{n} {s}" for s, n in jobs["status"].value_counts().items())}

@@ -11,27 +11,36 @@ SHORT = {"config.model.name": "", "config.num_gpus": "gpus=", "config.cpu_ranks"
          "config.stack": "stack="}
 
 
-# Backend and dtype options that a sweep compares (issue 7): added where they vary among the jobs that have
-# them, and only to those jobs (an option of another backend is no difference).
-OPTION_KEYS = {"config.backend.compile": "compile=", "config.backend.attn_implementation": "attn=",
-               "config.dtype.llm_int8_threshold": "threshold=", "config.backend.kernel_inject": "kernel_inject=",
-               "config.backend.cuda_graph": "cuda_graph="}
+# Backend and dtype options (every config.backend.* and config.dtype.* key but the name) join the label where
+# they vary among the jobs that have them, and only on those jobs (an option of another backend is no
+# difference): compile, attention, int8 threshold, kernel injection, pre-sharding, device map...
+SHORT_OPTIONS = {"attn_implementation": "attn", "llm_int8_threshold": "threshold"}
 
 
 def _text(value) -> str:
-    """A label part; null (stack=null: the runner's own environment) reads "default"."""
-    return "default" if pd.isna(value) else str(value)
+    """A label part; null (stack=null: the runner's own environment) reads "default", a boolean lower-case
+    whether it came as one or as text (kernel_inject=true from a yaml file, True from the command line)."""
+    if pd.isna(value):
+        return "default"
+    text = str(value)
+    return text.lower() if text.lower() in ("true", "false") else text
+
+
+def _option_keys(df: pd.DataFrame) -> list:
+    return [k for k in df if k.startswith(("config.backend.", "config.dtype.")) and not k.endswith(".name")]
 
 
 def row_labels(df: pd.DataFrame) -> pd.Series:
-    """backend+dtype, with model, num_gpus, offload, token counts and stack added where they vary, and the
-    backend/dtype options of OPTION_KEYS where they vary (compile, attention, int8 threshold, ...)."""
+    """backend+dtype, with model, num_gpus, offload, token counts and stack added where they vary, and each
+    backend/dtype option where it varies (compile, attention, int8 threshold, pre_sharded...)."""
     varying = [k for k in LABEL_KEYS if k in df and df[k].map(_text).nunique() > 1]
     keys = [k for k in LABEL_KEYS if k in ("config.backend.name", "config.dtype.name") or k in varying]
     labels = df[keys].map(_text).apply(lambda r: " ".join(SHORT.get(k, "") + r[k] for k in keys), axis=1)
-    for key, short in OPTION_KEYS.items():
-        if key in df and df[key].dropna().astype(str).nunique() > 1:
-            labels = labels + [f" {short}{v}" if pd.notna(v) else "" for v in df[key]]
+    for key in _option_keys(df):
+        if df[key].dropna().map(_text).nunique() > 1:
+            name = key.rsplit(".", 1)[1]
+            short = SHORT_OPTIONS.get(name, name)
+            labels = labels + [f" {short}={_text(v)}" if pd.notna(v) else "" for v in df[key]]
     return labels
 
 

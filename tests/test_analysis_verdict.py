@@ -139,3 +139,26 @@ def test_two_processes_appending_at_once_both_land(tmp_path):
     assert all(f"{who}-{i} " in listed for who in dirs for i in range(15))
     stored = json.loads(db.execute("SELECT result FROM results LIMIT 1").fetchone()[0])
     assert stored["config"]["dtype"]["name"] == "bf16"
+
+
+def test_sweep_summary_names_every_gpu_count_of_a_scaling_sweep():
+    from analysis.results import sweep_summary
+
+    results = make_sweep("scaling", np.random.default_rng(0))
+    for result, gpus in zip(results, (1, 2, 2)):
+        result["config"]["num_gpus"] = gpus
+        result["env"].update(gpu_name="NVIDIA H200", gpu_count=gpus)
+    assert sweep_summary(frame(results))["hardware"].tolist() == ["1x NVIDIA H200, 2x NVIDIA H200"]
+
+
+def test_row_labels_name_each_backend_option_that_varies():
+    """pre_sharded=false,true are two points, not one measured twice; kernel_inject "true" (a yaml file) and
+    True (the command line) are one value."""
+    from analysis.tables import row_labels
+
+    results = make_sweep("options", np.random.default_rng(0))[:2] * 2
+    results = json.loads(json.dumps(results))
+    for result, pre, inject in zip(results, (False, False, True, True), ("true", True, "True", "true")):
+        result["config"]["backend"].update(name="ds-inference", pre_sharded=pre, kernel_inject=inject)
+    labels = row_labels(frame(results)).tolist()
+    assert labels == ["ds-inference bf16 pre_sharded=false"] * 2 + ["ds-inference bf16 pre_sharded=true"] * 2
