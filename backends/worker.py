@@ -129,7 +129,10 @@ def search_max_batch(backend, config: dict, vocab: int, stream: int, fields: dic
         return measure(backend, {**config, "batch_size": b}, vocab, stream=stream, phase=phase)
 
     fields["max_batch_search"] = []  # filled try by try: a search that fails midway still shows its tries
-    found = maxbatch.search(fits, config["max_batch_cap"], is_oom, fields["max_batch_search"])
+    def on_try(t: dict) -> None:
+        phase(f"searching the largest batch that fits: bs={t['batch_size']} {t['status']} ({t['s']:.1f} s)")
+
+    found = maxbatch.search(fits, config["max_batch_cap"], is_oom, fields["max_batch_search"], on_try)
     fields.update(max_batch_found=found, max_batch_size=found)
     if found == 0:
         raise MemoryError("batch_size=max: not even batch size 1 fits (out of memory)")

@@ -107,8 +107,8 @@ class SweepConfig:
     cpu_ranks: int = 1
     # Nodes a DeepSpeed job spans (world size num_nodes x ranks per node); see runner/cluster.py.
     num_nodes: int = 1
-    # A positive int, or max: the largest batch that fits, found by search (doubling, then bisection,
-    # up to max_batch_cap) in the loaded worker, then measured; checked in runner/validate.py.
+    # A positive int, or max: the largest batch that fits, found by search (doubling, then bisection to
+    # within 3%, up to max_batch_cap) in the loaded worker, then measured; checked in runner/validate.py.
     batch_size: Any = 1
     max_batch_cap: int = 1024
     new_tokens: int = 100
