@@ -76,7 +76,11 @@ def logits_probe(backend, config: dict, vocab: int, stream: int) -> dict:
 
 def gather_ranks(fields: dict) -> dict:
     """Multi-rank jobs: every rank's own figures, gathered to rank 0. It is also the point where rank 0
-    knows that every rank finished: a rank that failed never gets here, and the launcher kills the rest."""
+    knows that every rank finished: a rank that failed never gets here, and the launcher kills the rest.
+
+    Each rank allocates on its own GPU only, so the job's peak memory per device is each rank's peak (one
+    GPU a rank; a CPU rank's own process), and the job's peak their maximum: rank 0 alone sees the other
+    GPUs as empty (it measured 0.0 GiB for the GPU that rank 1 filled, on 2 H200s)."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
@@ -86,7 +90,8 @@ def gather_ranks(fields: dict) -> dict:
             "prompt_logits_top5": fields["prompt_logits_top5"]}
     ranks = [None] * dist.get_world_size()
     dist.all_gather_object(ranks, mine)
-    return {"per_rank": ranks}
+    per_device = [r["peak_mem_gib"] for r in ranks]
+    return {"per_rank": ranks, "peak_mem_gib": max(per_device), "peak_mem_gib_per_device": per_device}
 
 
 def claim_result(job_dir: Path, result: dict) -> bool:

@@ -193,6 +193,8 @@ class TestSweep:
             assert r["tokens_per_s"] == pytest.approx(2 * 4 * 2 / r["generate_s"][0])
             ranks = r["per_rank"]
             assert [p["rank"] for p in ranks] == [0, 1]
+            assert r["peak_mem_gib_per_device"] == [p["peak_mem_gib"] for p in ranks]
+            assert r["peak_mem_gib"] == max(p["peak_mem_gib"] for p in ranks) > 0
             # Every rank generated its own stream: different prompts, different next-token logits.
             assert ranks[0]["prompt_logits_top5"] != ranks[1]["prompt_logits_top5"]
         info = sweep[("ds-zero", 1, "none")]["backend_info"]
