@@ -29,7 +29,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from backends.ds_common import barrier, device, global_rank, init_distributed, world_size
 from backends.hf import TORCH_DTYPE, dtype_kwargs, greedy_generate, transformers_version
-from backends.synthetic import cache_root
+from backends.synthetic import cache_root, check_free_space
 
 # DeepSpeed's BLOOM container refuses transformers newer than this (module_inject/containers/bloom.py).
 BLOOM_KERNEL_MAX_TRANSFORMERS = (4, 43)
@@ -140,6 +140,7 @@ class DSInferenceBackend:
         if global_rank() == 0 and not (target / ".done").exists():
             from safetensors.torch import load_file
 
+            check_free_space(self.config, sum(f.stat().st_size for f in src.glob("*.safetensors")))
             target.mkdir(parents=True, exist_ok=True)
             for f in sorted(src.glob("*.safetensors")):
                 torch.save(load_file(str(f)), target / f.with_suffix(".pt").name)

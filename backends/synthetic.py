@@ -65,6 +65,19 @@ def synthetic_params(model: dict) -> int:
     return vocab * h + 4 * h + n * (12 * h * h + 13 * h)
 
 
+def check_free_space(config: dict, nbytes: int) -> None:
+    """Refuse to start writing `nbytes` into the cache (a synthetic checkpoint, DeepSpeed's torch-pickled
+    copy of one) where the disk cannot hold them: a full disk otherwise fails the write half-way, after
+    minutes (the GPU machine's 64 GB filled with 7-8B shapes)."""
+    root = cache_root(config)
+    root.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(root).free
+    if free < nbytes:
+        raise OSError(f"cache_dir={root}: {free / 2**30:.1f} GiB free, {config['model']['name']} "
+                      f"({STORAGE_DTYPE[config['dtype']['name']]}) needs {nbytes / 2**30:.1f} GiB "
+                      "(allowed: free space there, or another cache_dir / $INFERSWEEP_CACHE)")
+
+
 def build_checkpoint(config: dict) -> Path:
     """Build and save the checkpoint (on a GPU when there is one: 7B random weights in seconds)."""
     import torch
@@ -76,13 +89,18 @@ def build_checkpoint(config: dict) -> Path:
     if checkpoint_ready(config):
         return target
     dtype = getattr(torch, STORAGE_DTYPE[config["dtype"]["name"]])
+    check_free_space(config, synthetic_params(config["model"]) * dtype.itemsize)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(config["seed"])
     with torch.device(device):
         # dtype_kwargs: `torch_dtype` on the transformers 4.43.4 stack that DeepSpeed's BLOOM kernels need
         model = AutoModelForCausalLM.from_config(synthetic_config(config["model"]), **dtype_kwargs(dtype))
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    model.save_pretrained(tmp, safe_serialization=True)
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a half-written copy would hold the disk it ran out of
+        raise
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.rename(tmp, target)  # atomic: a concurrent builder that won leaves its copy in place

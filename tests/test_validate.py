@@ -101,3 +101,35 @@ def test_weights_larger_than_the_devices_are_refused_before_the_checkpoint_is_bu
     assert "of this machine's RAM (num_gpus=0)" in invalid_reason(config("model=bloom-176b", num_gpus=0), STACK, ())
     monkeypatch.setattr(runner.validate, "gpu_memory_gib", dict)  # no nvidia-smi: left to the load
     assert invalid_reason(config("model=bloom-176b"), STACK, ("0",)) is None
+
+
+def test_synthetic_build_refuses_a_disk_too_small_and_leaves_no_partial_copy(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+    from pathlib import Path
+
+    import pytest
+    from transformers import PreTrainedModel
+
+    from backends import synthetic
+
+    config = {"cache_dir": str(tmp_path), "seed": 0, "dtype": {"name": "bf16"},
+              "model": {"name": "bloom-tiny", "source": "synthetic", "arch": "bloom", "hidden_size": 64,
+                        "n_layer": 2, "n_head": 4, "vocab_size": 1000, "n_kv_head": None, "intermediate_size": None}}
+    usage = namedtuple("usage", "total used free")
+    real_usage = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(2**30, 2**30 - 1000, 1000))
+    with pytest.raises(OSError, match=r"cache_dir=.*: 0\.0 GiB free, bloom-tiny \(bfloat16\) needs 0\.0 GiB "
+                                      r"\(allowed: free space there, or another cache_dir"):
+        synthetic.build_checkpoint(config)
+    monkeypatch.setattr(shutil, "disk_usage", real_usage)
+
+    def disk_full(self, path, **kwargs):
+        (Path(path) / "model.safetensors").parent.mkdir(parents=True, exist_ok=True)
+        (Path(path) / "model.safetensors").write_bytes(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        synthetic.build_checkpoint(config)
+    assert list((tmp_path / "models").iterdir()) == [] and not synthetic.checkpoint_ready(config)
