@@ -108,7 +108,6 @@ def test_synthetic_build_refuses_a_disk_too_small_and_leaves_no_partial_copy(tmp
     from collections import namedtuple
     from pathlib import Path
 
-    import pytest
     from transformers import PreTrainedModel
 
     from backends import synthetic
@@ -117,12 +116,11 @@ def test_synthetic_build_refuses_a_disk_too_small_and_leaves_no_partial_copy(tmp
               "model": {"name": "bloom-tiny", "source": "synthetic", "arch": "bloom", "hidden_size": 64,
                         "n_layer": 2, "n_head": 4, "vocab_size": 1000, "n_kv_head": None, "intermediate_size": None}}
     usage = namedtuple("usage", "total used free")
-    real_usage = shutil.disk_usage
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(2**30, 2**30 - 1000, 1000))
     with pytest.raises(OSError, match=r"cache_dir=.*: 0\.0 GiB free, bloom-tiny \(bfloat16\) needs 0\.0 GiB "
                                       r"\(allowed: free space there, or another cache_dir"):
         synthetic.build_checkpoint(config)
-    monkeypatch.setattr(shutil, "disk_usage", real_usage)
+    monkeypatch.undo()  # the disk has room again
 
     def disk_full(self, path, **kwargs):
         (Path(path) / "model.safetensors").parent.mkdir(parents=True, exist_ok=True)
