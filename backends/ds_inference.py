@@ -66,6 +66,21 @@ def _fill_attention_mask(module, args, kwargs):
     return args, kwargs
 
 
+def join_head_slices(shards: Path, names: list, world: int) -> None:
+    """In DeepSpeed's non-tp.pt, replaces each named head weight (rank 0's slice) by every rank's slice
+    joined in rank order along the input columns, the whole head that the reload expects; removes the
+    slice files."""
+    if not names:
+        return
+    non_tp = torch.load(shards / "non-tp.pt", map_location="cpu", weights_only=True)
+    for name in names:
+        parts = [shards / f"{name}.rank{rank:03d}.pt" for rank in range(world)]
+        non_tp[name] = torch.cat([torch.load(p, map_location="cpu", weights_only=True) for p in parts], dim=-1)
+        for p in parts:
+            p.unlink()
+    torch.save(non_tp, shards / "non-tp.pt")
+
+
 class DSInferenceBackend:
     streams = 1  # every rank computes a shard of the same batch
 
@@ -159,10 +174,12 @@ class DSInferenceBackend:
         barrier()
         return path
 
-    def _finish_shards(self, tmp: Path, final: Path) -> None:
-        """All ranks have written into tmp: rank 0 moves it into place (atomically) for every later job."""
+    def _finish_shards(self, tmp: Path, final: Path, heads: list) -> None:
+        """All ranks have written into tmp: rank 0 joins the head slices and moves tmp into place
+        (atomically) for every later job."""
         barrier()
         if global_rank() == 0:
+            join_head_slices(tmp, heads, self.world)
             config_file = tmp / "ds_inference_config.json"
             if config_file.exists():  # DeepSpeed's format records its directory: point it at the final one
                 meta = json.loads(config_file.read_text())
@@ -178,20 +195,33 @@ class DSInferenceBackend:
     def _write_shards(self, final: Path) -> None:
         tmp = final.with_name(f".{final.name}.{os.environ.get('MASTER_PORT', os.getpid())}.tmp")
         tmp.mkdir(parents=True, exist_ok=True)
+        heads = []
         if self.kernels:
             base, files = self._torch_checkpoint()
             engine = self._init_kernels(self._meta_model(), self._checkpoint_json(base, files), base,
                                         save_to=tmp, cuda_graph=False)
+            heads = self._save_head_slices(engine.module, tmp)
+            engine.destroy()  # frees the fused kernels' workspace and resets their layer count for the reload
         else:
             engine = self._init_autotp(self._load_full())
             self._save_autotp_shard(engine.module, tmp)
-        if self.kernels:  # frees the fused kernels' workspace and resets their layer count for the reload
-            engine.destroy()
         del engine  # the last reference: the model written from is freed before the timed load
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        self._finish_shards(tmp, final)
+        self._finish_shards(tmp, final, heads)
+
+    def _save_head_slices(self, model, tmp: Path) -> list:
+        """DeepSpeed (0.19.8) writes non-tp.pt from rank 0's state dict alone, but at tp > 1 it has by
+        then cut the output head's input columns over the ranks (LmHeadLinearAllreduce): the file holds
+        rank 0's slice, and the reload refuses it ("Merging tensors is not allowed here!"; 2 x H200,
+        bloom-7b1). Each rank saves its slice of every such head; returns their state-dict names."""
+        from deepspeed.module_inject.layers import LmHeadLinearAllreduce
+
+        names = [f"{n}.weight" for n, m in model.named_modules() if isinstance(m, LmHeadLinearAllreduce)]
+        for name in names:
+            torch.save(model.get_parameter(name).detach().cpu(), tmp / f"{name}.rank{global_rank():03d}.pt")
+        return names
 
     def _save_autotp_shard(self, model, tmp: Path) -> None:
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -269,6 +299,8 @@ class DSInferenceBackend:
             self.info["loaded_from"] = "full model on host, sharded by AutoTP"
             self.engine = self._init_autotp(self._load_full())
         self.model = self.engine.module.eval()
+        if self.kernels and hasattr(self.model, "lm_head"):  # cut over the ranks (LmHeadLinearAllreduce) or whole
+            self.info["lm_head"] = type(self.model.lm_head).__name__
         if not self.kernels and self.world > 1 and self.hf_config.model_type == "bloom":
             self.model.transformer.register_forward_pre_hook(_fill_attention_mask, with_kwargs=True)
             self.info["bloom_explicit_mask"] = True

@@ -397,3 +397,26 @@ def test_pre_sharded_reload_recasts_deepspeed_fp32_head():
     assert backend._recast_params(model) == ["lm_head.weight"]
     assert {p.dtype for p in model.parameters()} == {torch.float16}
     assert backend._recast_params(model) == []
+
+
+def test_pre_sharded_head_slices_joined(tmp_path):
+    """At tp 2 DeepSpeed wrote rank 0's slice of the output head into non-tp.pt and its reload refused
+    it on 2 H200s; the joined head is one that DeepSpeed's reload copies whole."""
+    import torch
+    from deepspeed.module_inject.auto_tp import ReplaceWithTensorSlicing
+
+    from backends.ds_inference import join_head_slices
+
+    head = torch.arange(48, dtype=torch.float16).reshape(6, 8)
+    slices = head[:, :4], head[:, 4:]  # LmHeadLinearAllreduce's cut of the input columns over 2 ranks
+    torch.save({"lm_head.weight": slices[0].clone(), "ln_f.weight": torch.ones(8)}, tmp_path / "non-tp.pt")
+    for rank, part in enumerate(slices):
+        torch.save(part.clone(), tmp_path / f"lm_head.weight.rank{rank:03d}.pt")
+    reload = ReplaceWithTensorSlicing(mp_size=2)  # how DeepSpeed copies a non-tp weight into the model
+    with pytest.raises(AssertionError, match="Merging tensors is not allowed"):
+        reload.copy(torch.empty(6, 8, dtype=torch.float16), slices[0])
+    join_head_slices(tmp_path, ["lm_head.weight"], world=2)
+    saved = torch.load(tmp_path / "non-tp.pt", weights_only=True)
+    assert torch.equal(saved["lm_head.weight"], head) and torch.equal(saved["ln_f.weight"], torch.ones(8))
+    assert torch.equal(reload.copy(torch.empty(6, 8, dtype=torch.float16), saved["lm_head.weight"]), head)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["non-tp.pt"]
