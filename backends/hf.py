@@ -1,5 +1,6 @@
 """What every backend does with a Hugging Face model: the torch dtype of a `dtype` option, from_pretrained's
-dtype argument across transformers versions, and the one generate call the measurement is defined on."""
+dtype argument across transformers versions, the modelling code imported ahead of the timed load, and
+the one generate call the measurement is defined on."""
 import torch
 import transformers
 
@@ -18,6 +19,17 @@ def dtype_kwargs(dtype: torch.dtype) -> dict:
     """from_pretrained/from_config's dtype argument: `dtype` since transformers 4.56, `torch_dtype` before
     (the 4.43.4 stack that DeepSpeed's BLOOM kernels need)."""
     return {"dtype": dtype} if transformers_version() >= (4, 56) else {"torch_dtype": dtype}
+
+
+def import_model_code(checkpoint: str) -> None:
+    """Imports the checkpoint architecture's transformers modelling module: a cost of the process's first
+    model (1.1 s on a CPU), not of loading one, so the worker pays it before load_s starts."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    config_class = type(AutoConfig.from_pretrained(checkpoint))
+    if config_class in MODEL_FOR_CAUSAL_LM_MAPPING:  # one it lacks fails in load(), in transformers' words
+        MODEL_FOR_CAUSAL_LM_MAPPING[config_class]
 
 
 def greedy_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, new_tokens: int,

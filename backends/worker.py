@@ -17,6 +17,7 @@ import torch
 
 from backends import maxbatch
 from backends.env import collect_env
+from backends.hf import import_model_code
 from backends.measure import measure, prompts, synchronize
 from backends.roofline import roofline, sweep_ceilings
 from backends.synthetic import checkpoint_dir
@@ -169,6 +170,7 @@ def run(job: dict, job_dir: Path, serving: bool = False) -> dict:
             if hasattr(backend, "prepare"):  # untimed: process group, files written once per checkpoint
                 phase("preparing")
                 backend.prepare()
+            import_model_code(backend.checkpoint)
             phase("loading")
             start = time.perf_counter()
             backend.load()

@@ -1,11 +1,13 @@
 """The runner end to end on CPU with bloom-tiny: real launcher, real worker, real result files."""
 import csv
 import json
+import subprocess
+import sys
 import time
 
 import psutil
 import pytest
-from conftest import results, run_runner
+from conftest import ROOT, results, run_runner
 
 FAST = ["new_tokens=16", "repeats=3", "prompt_tokens=4"]
 
@@ -121,3 +123,16 @@ def test_shared_worker_loads_the_model_once(tmp_path, cache_dir):
     assert "measured in the shared worker" in (tmp_path / "1" / "job.log").read_text()
     left = [p for p in psutil.process_iter(["cmdline"]) if str(tmp_path) in " ".join(p.info["cmdline"] or [])]
     assert left == []
+
+
+def test_model_code_imported_before_the_timed_load(tmp_path):
+    """What the worker calls before load_s starts: the process's first import of the modelling code took
+    1.1 s on a CPU, as long as loading a small model."""
+    from transformers import BloomConfig
+
+    BloomConfig(hidden_size=32, n_layer=1, n_head=4, vocab_size=256).save_pretrained(tmp_path)
+    module = "transformers.models.bloom.modeling_bloom"
+    code = (f"import sys; from backends.hf import import_model_code; before = {module!r} in sys.modules; "
+            f"import_model_code({str(tmp_path)!r}); print(before, {module!r} in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True"]
