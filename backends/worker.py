@@ -19,6 +19,7 @@ from backends import maxbatch
 from backends.env import collect_env
 from backends.hf import import_model_code
 from backends.measure import measure, prompts, synchronize
+from backends.profile import profile_generate
 from backends.roofline import roofline, sweep_ceilings
 from backends.synthetic import checkpoint_dir
 from runner.progress import PHASE_FILE
@@ -192,6 +193,10 @@ def run(job: dict, job_dir: Path, serving: bool = False) -> dict:
             config = {**config, "batch_size": search_max_batch(backend, config, vocab, stream, fields, phase)}
         else:
             fields.update(measure(backend, config, vocab, stream=stream, phase=phase))
+        if config["profile"]:
+            phase("profiling")
+            ids, mask = prompts(config, vocab, stream, backend.input_device())
+            fields["profile"] = profile_generate(backend, ids, mask, config["new_tokens"], job_dir, rank())
         tp = int(os.environ.get("WORLD_SIZE", "1")) if config["backend"]["name"] == "ds-inference" else 1
         fields["roofline"] = roofline(backend.model, config, config["batch_size"], fields["decode_ms_per_step"],
                                       fields["env"]["ceilings"], tp)

@@ -115,8 +115,10 @@ class SweepConfig:
     prompt_tokens: int = 8
     repeats: int = 3
     timeout_s: float = 600.0
-    # false: consecutive jobs that differ only in batch_size, new_tokens, prompt_tokens, repeats or
-    # timeout_s share one launched worker that loads the model once (load_s is that one load).
+    # true: after the measurement, one more generate under torch.profiler (backends/profile.py).
+    profile: bool = False
+    # false: consecutive jobs that differ only in batch_size, new_tokens, prompt_tokens, repeats,
+    # timeout_s or profile share one launched worker that loads the model once (load_s is that one load).
     isolate: bool = True
     # A sweep run again with the same hydra.sweep.dir (a resume) keeps each job whose directory holds a
     # finished result.json of the same config; `rerun` picks which finished jobs run again anyway.

@@ -16,7 +16,7 @@ from pathlib import Path
 from runner.launch import job_environment, kill_tree
 from runner.result import RESULT_FILE
 
-GENERATION_KEYS = ("batch_size", "new_tokens", "prompt_tokens", "repeats", "timeout_s")
+GENERATION_KEYS = ("batch_size", "new_tokens", "prompt_tokens", "repeats", "timeout_s", "profile")
 STOP_FILE = "stop"
 SESSION_MARKER = "session"  # a launched worker given a directory holding this file serves it
 

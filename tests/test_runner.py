@@ -136,3 +136,19 @@ def test_model_code_imported_before_the_timed_load(tmp_path):
             f"import_model_code({str(tmp_path)!r}); print(before, {module!r} in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "True"]
+
+
+def test_profile_writes_trace_and_table(tmp_path, cache_dir):
+    proc = run_runner(["profile=true", *FAST, f"hydra.run.dir={tmp_path}"], cache_dir)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["status"] == "ok" and result["ms_per_token"] > 0
+    prof = result["profile"]
+    assert prof["sorted_by"] == "self_cpu_time_total" and prof["total_ms"] > 0
+    assert len(prof["top"]) == 15 and all(row["ms"] >= 0 and row["calls"] >= 1 for row in prof["top"])
+    assert [row["ms"] for row in prof["top"]] == sorted((row["ms"] for row in prof["top"]), reverse=True)
+    assert any(row["name"] in ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm") for row in prof["top"])
+    trace = json.loads((tmp_path / "profile-rank000.json").read_text())
+    assert any(e.get("name") == "aten::mm" or e.get("name") == "aten::addmm" for e in trace["traceEvents"])
+    assert "Self CPU" in (tmp_path / "profile-rank000.txt").read_text()
+    assert prof["trace"] == str(tmp_path / "profile-rank000.json")
