@@ -55,6 +55,9 @@ class DSZeroConfig:
     nvme_buffer_count: int = 5
 
 
+BACKEND_SCHEMAS = {"accelerate": AccelerateConfig, "ds-inference": DSInferenceConfig, "ds-zero": DSZeroConfig}
+
+
 @dataclass
 class DtypeConfig:
     name: str = MISSING

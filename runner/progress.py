@@ -1,7 +1,10 @@
 """The sweep's progress on stderr: job i of N, elapsed, ETA, the running job's phase, a line per job."""
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
+
+from runner.config import BACKEND_SCHEMAS, DtypeConfig
 
 PHASE_FILE = "phases"  # the worker appends one line per phase it enters
 
@@ -11,8 +14,22 @@ def _clock(seconds: float) -> str:
     return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+def _changed_options(config: dict) -> str:
+    """The backend's options, and int8's threshold, that differ from their defaults: what tells apart two
+    jobs of one backend and dtype (pre_sharded=true, compile=true, ...)."""
+    changed = [(f.name, config["backend"][f.name]) for f in fields(BACKEND_SCHEMAS[config["backend"]["name"]])
+               if f.name != "name" and config["backend"][f.name] != f.default]
+    threshold = config["dtype"]["llm_int8_threshold"]
+    if config["dtype"]["name"] == "int8" and threshold != DtypeConfig.llm_int8_threshold:
+        changed.append(("llm_int8_threshold", threshold))
+    # kernel_inject=true from the command line arrives as the text "True" (a str option): lower-case both ways
+    return "".join(f" {name}={str(value).lower() if str(value) in ('True', 'False') else value}"
+                   for name, value in changed)
+
+
 def job_label(config: dict) -> str:
     label = f"{config['backend']['name']} {config['dtype']['name']} gpus={config['num_gpus']} bs={config['batch_size']}"
+    label += _changed_options(config)
     if config.get("num_nodes", 1) > 1:
         label += f" nodes={config['num_nodes']}"
     if config["offload"]["name"] != "none":

@@ -131,3 +131,20 @@ def test_synthetic_build_refuses_a_disk_too_small_and_leaves_no_partial_copy(tmp
     with pytest.raises(OSError, match="No space left"):
         synthetic.build_checkpoint(config)
     assert list((tmp_path / "models").iterdir()) == [] and not synthetic.checkpoint_ready(config)
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ([], "accelerate bf16 gpus=1 bs=1"),
+    (["backend.compile=true", "backend.attn_implementation=eager"],
+     "accelerate bf16 gpus=1 bs=1 attn_implementation=eager compile=true"),
+    (["backend=ds-inference", "backend.pre_sharded=true", "backend.kernel_inject=true", "stack=/tmp/tf443"],
+     "ds-inference bf16 gpus=1 bs=1 kernel_inject=true pre_sharded=true stack=/tmp/tf443"),
+    (["dtype=int8", "dtype.llm_int8_threshold=0.0"], "accelerate int8 gpus=1 bs=1 llm_int8_threshold=0.0"),
+    (["dtype=int8"], "accelerate int8 gpus=1 bs=1"),
+    (["backend=ds-zero", "offload=cpu"], "ds-zero bf16 gpus=1 bs=1 offload=cpu"),
+])
+def test_progress_label_names_what_differs_from_the_defaults(overrides, expected):
+    """The progress line's job label: two jobs of one backend and dtype must read apart."""
+    from runner.progress import job_label
+
+    assert job_label(config(*overrides)) == expected
