@@ -78,9 +78,41 @@ def check_free_space(config: dict, nbytes: int) -> None:
                       "(allowed: free space there, or another cache_dir / $INFERSWEEP_CACHE)")
 
 
-def build_checkpoint(config: dict) -> Path:
-    """Build and save the checkpoint (on a GPU when there is one: 7B random weights in seconds)."""
+# Bytes of tensors one file holds: the builder keeps one file's worth in memory, whatever the model's size
+# (bloom-176b's 352 GB fit no GPU and few hosts' RAM).
+SHARD_BYTES = 4 * 2**30
+
+
+def _shard_plan(params: list, dtype_bytes: int) -> list:
+    """Parameter names grouped into consecutive files of at most SHARD_BYTES (one tensor may exceed it)."""
+    shards, size = [[]], 0
+    for name, p in params:
+        nbytes = p.numel() * dtype_bytes
+        if shards[-1] and size + nbytes > SHARD_BYTES:
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += nbytes
+    return shards
+
+
+def _random_tensor(name: str, shape: tuple, dtype, std: float, generator, device: str):
+    """transformers' own initialisation for these architectures: biases 0, norm weights 1, every matrix
+    (linear layers, embeddings) normal(0, initializer_range)."""
     import torch
+
+    if name.endswith("bias"):
+        return torch.zeros(shape, dtype=dtype, device=device)
+    if len(shape) == 1:
+        return torch.ones(shape, dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device).normal_(0.0, std, generator=generator)
+
+
+def build_checkpoint(config: dict) -> Path:
+    """Build and save the checkpoint tensor by tensor (drawn on a GPU when there is one), one file of at
+    most SHARD_BYTES in memory at a time; more than one file gets transformers' index json."""
+    import torch
+    from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM
 
     from backends.hf import dtype_kwargs
@@ -90,14 +122,28 @@ def build_checkpoint(config: dict) -> Path:
         return target
     dtype = getattr(torch, STORAGE_DTYPE[config["dtype"]["name"]])
     check_free_space(config, synthetic_params(config["model"]) * dtype.itemsize)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    torch.manual_seed(config["seed"])
-    with torch.device(device):
+    with torch.device("meta"):
         # dtype_kwargs: `torch_dtype` on the transformers 4.43.4 stack that DeepSpeed's BLOOM kernels need
-        model = AutoModelForCausalLM.from_config(synthetic_config(config["model"]), **dtype_kwargs(dtype))
+        skeleton = AutoModelForCausalLM.from_config(synthetic_config(config["model"]), **dtype_kwargs(dtype))
+    params = dict(skeleton.named_parameters())  # a tied output head appears once, as the embedding
+    plan = _shard_plan(list(params.items()), dtype.itemsize)
+    files = (["model.safetensors"] if len(plan) == 1
+             else [f"model-{k + 1:05d}-of-{len(plan):05d}.safetensors" for k in range(len(plan))])
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    generator = torch.Generator(device).manual_seed(config["seed"])
+    std = skeleton.config.initializer_range
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
+        tmp.mkdir(parents=True)
+        for names, file in zip(plan, files, strict=True):
+            tensors = {n: _random_tensor(n, tuple(params[n].shape), dtype, std, generator, device).cpu() for n in names}
+            save_file(tensors, str(tmp / file), metadata={"format": "pt"})
+        if len(plan) > 1:
+            index = {"metadata": {"total_size": sum(p.numel() for p in params.values()) * dtype.itemsize},
+                     "weight_map": {n: file for names, file in zip(plan, files, strict=True) for n in names}}
+            (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+        skeleton.generation_config.save_pretrained(tmp)
+        skeleton.config.save_pretrained(tmp)  # last: config.json is what checkpoint_ready() looks for
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # a half-written copy would hold the disk it ran out of
         raise

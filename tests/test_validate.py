@@ -108,7 +108,7 @@ def test_synthetic_build_refuses_a_disk_too_small_and_leaves_no_partial_copy(tmp
     from collections import namedtuple
     from pathlib import Path
 
-    from transformers import PreTrainedModel
+    import safetensors.torch
 
     from backends import synthetic
 
@@ -122,12 +122,11 @@ def test_synthetic_build_refuses_a_disk_too_small_and_leaves_no_partial_copy(tmp
         synthetic.build_checkpoint(config)
     monkeypatch.undo()  # the disk has room again
 
-    def disk_full(self, path, **kwargs):
-        (Path(path) / "model.safetensors").parent.mkdir(parents=True, exist_ok=True)
-        (Path(path) / "model.safetensors").write_bytes(b"partial")
+    def disk_full(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"partial")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(PreTrainedModel, "save_pretrained", disk_full)
+    monkeypatch.setattr(safetensors.torch, "save_file", disk_full)
     with pytest.raises(OSError, match="No space left"):
         synthetic.build_checkpoint(config)
     assert list((tmp_path / "models").iterdir()) == [] and not synthetic.checkpoint_ready(config)
@@ -148,3 +147,36 @@ def test_progress_label_names_what_differs_from_the_defaults(overrides, expected
     from runner.progress import job_label
 
     assert job_label(config(*overrides)) == expected
+
+
+@pytest.mark.parametrize("arch", ["bloom", "llama"])
+def test_synthetic_checkpoint_streamed_in_shards_loads_whole(tmp_path, monkeypatch, arch):
+    """The builder holds one file of tensors at a time (bloom-176b fits no build device whole): split into
+    files, the checkpoint is the same tensors, and transformers loads it with no key missing or left over."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from backends import synthetic
+
+    def build(cache: str) -> dict:
+        config = {"cache_dir": str(tmp_path / cache), "seed": 0, "dtype": {"name": "bf16"},
+                  "model": {"name": f"{arch}-tiny", "source": "synthetic", "arch": arch, "hidden_size": 64,
+                            "n_layer": 2, "n_head": 4, "vocab_size": 1000, "n_kv_head": 2 if arch == "llama" else None,
+                            "intermediate_size": 128 if arch == "llama" else None}}
+        path = synthetic.build_checkpoint(config)
+        model, info = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16, output_loading_info=True)
+        assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+        return path, dict(model.named_parameters())
+
+    whole, params = build("whole")
+    monkeypatch.setattr(synthetic, "SHARD_BYTES", 100_000)
+    split, split_params = build("split")
+    assert [p.name for p in whole.glob("*.safetensors")] == ["model.safetensors"]
+    files = sorted(p.name for p in split.glob("*.safetensors"))
+    assert len(files) > 2 and files[0] == f"model-00001-of-{len(files):05d}.safetensors"
+    assert (split / "model.safetensors.index.json").exists()
+    assert params.keys() == split_params.keys() and all(torch.equal(params[k], split_params[k]) for k in params)
+    norms = [p for k, p in params.items() if "norm" in k and k.endswith("weight")]
+    assert norms and all(torch.equal(p, torch.ones_like(p)) for p in norms)
+    matrices = [p.float() for p in params.values() if p.dim() == 2]
+    assert all(abs(p.std().item() - 0.02) < 0.004 for p in matrices)
