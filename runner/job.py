@@ -194,7 +194,7 @@ def run_job(cfg: DictConfig) -> dict:
     progress = Progress(index, total, started, job_dir, job_label(config))
     kept, why = finished_result(job_dir, config)
     if kept is not None:
-        progress.done(kept, note="kept from an earlier run")
+        progress.done(kept, earlier=True)
         return kept
     if why:
         progress.phase(why)

@@ -1,4 +1,5 @@
 """The sweep's progress on stderr: job i of N, elapsed, ETA, the running job's phase, a line per job."""
+import statistics
 import sys
 import time
 from dataclasses import fields
@@ -50,19 +51,28 @@ def result_line(result: dict) -> str:
     return line
 
 
+# Seconds each job run in this process took (results kept from an earlier run excluded). The ETA takes
+# their median: in a shared-worker sweep the first job of a model also pays the worker start and the
+# load, which an average would charge to every job left.
+_job_seconds: list = []
+
+
 class Progress:
     """Redraws one status line while a job runs (in place on a terminal, on change otherwise)."""
 
     def __init__(self, index: int, total: int, sweep_started: float, job_dir: Path, label: str):
         self.index, self.total, self.sweep_started = index, total, sweep_started
         self.job_dir, self.label = job_dir, label
+        self.started = time.time()
         self.tty = sys.stderr.isatty()
         self.last = ""
         self.seen = 0
 
     def _prefix(self) -> str:
         elapsed = time.time() - self.sweep_started
-        eta = elapsed / self.index * (self.total - self.index) if self.index else None
+        eta = None
+        if _job_seconds:  # the jobs left, this one included, less what this one has already taken
+            eta = max(0.0, statistics.median(_job_seconds) * (self.total - self.index) - (time.time() - self.started))
         return (f"[{self.index + 1}/{self.total} elapsed {_clock(elapsed)}"
                 + (f" eta {_clock(eta)}" if eta is not None else "") + "]")
 
@@ -84,8 +94,11 @@ class Progress:
             self.phase(line)
         self.seen = len(lines)
 
-    def done(self, result: dict, note: str = "") -> None:
-        line = result_line(result) + (f" [{note}]" if note else "")
+    def done(self, result: dict, earlier: bool = False) -> None:
+        """earlier: the result of an earlier run, kept (nothing was measured now)."""
+        if not earlier:
+            _job_seconds.append(time.time() - self.started)
+        line = result_line(result) + (" [kept from an earlier run]" if earlier else "")
         if result["status"] in ("error", "timeout") and result.get("log"):
             line += f" log: {result['log']}"
         sys.stderr.write(("\r\033[K" if self.tty else "") + f"{self._prefix()} {line}\n")

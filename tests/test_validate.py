@@ -180,3 +180,24 @@ def test_synthetic_checkpoint_streamed_in_shards_loads_whole(tmp_path, monkeypat
     assert norms and all(torch.equal(p, torch.ones_like(p)) for p in norms)
     matrices = [p.float() for p in params.values() if p.dim() == 2]
     assert all(abs(p.std().item() - 0.02) < 0.004 for p in matrices)
+
+
+def test_progress_eta_takes_the_median_job(tmp_path, monkeypatch, capsys):
+    """A shared worker's first job also pays the worker start and the load: the ETA must not charge that
+    to every job left, nor count a result kept from an earlier run as a job that took no time."""
+    from types import SimpleNamespace
+
+    from runner import progress
+
+    clock = [1000.0]
+    monkeypatch.setattr(progress, "time", SimpleNamespace(time=lambda: clock[0]))
+    monkeypatch.setattr(progress, "_job_seconds", [])
+    result = {"config": config(), "status": "ok"}
+    for index, seconds in enumerate([60, 5, 5]):  # worker start + load + measure, then two batch sizes
+        job = progress.Progress(index, 10, 1000.0, tmp_path, "job")
+        clock[0] += seconds
+        job.done(result)
+    progress.Progress(3, 10, 1000.0, tmp_path, "job").done(result, earlier=True)
+    capsys.readouterr()
+    progress.Progress(4, 10, 1000.0, tmp_path, "job").phase("loading")
+    assert "[5/10 elapsed 0:01:10 eta 0:00:30] job: loading" in capsys.readouterr().err  # 6 left x 5 s
