@@ -3,6 +3,8 @@ from collections.abc import Iterator
 
 import pandas as pd
 
+from runner.progress import option_text
+
 # Identity columns that, where they vary within the results, become part of a row's label.
 LABEL_KEYS = ("config.model.name", "config.num_gpus", "config.cpu_ranks", "config.num_nodes", "config.backend.name",
               "config.dtype.name", "config.offload.name", "config.new_tokens", "config.prompt_tokens", "config.stack")
@@ -18,12 +20,8 @@ SHORT_OPTIONS = {"attn_implementation": "attn", "llm_int8_threshold": "threshold
 
 
 def _text(value) -> str:
-    """A label part; null (stack=null: the runner's own environment) reads "default", a boolean lower-case
-    whether it came as one or as text (kernel_inject=true from a yaml file, True from the command line)."""
-    if pd.isna(value):
-        return "default"
-    text = str(value)
-    return text.lower() if text.lower() in ("true", "false") else text
+    """A label part; null (stack=null: the runner's own environment) reads "default"."""
+    return "default" if pd.isna(value) else option_text(value)
 
 
 def _option_keys(df: pd.DataFrame) -> list:

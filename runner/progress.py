@@ -15,6 +15,13 @@ def _clock(seconds: float) -> str:
     return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+def option_text(value) -> str:
+    """A config value as labels show it: a boolean lower-case whether it came as one or as text
+    (kernel_inject=true from a yaml file arrives as "true", from the command line as "True": a str option)."""
+    text = str(value)
+    return text.lower() if text.lower() in ("true", "false") else text
+
+
 def _changed_options(config: dict) -> str:
     """The backend's options, and int8's threshold, that differ from their defaults: what tells apart two
     jobs of one backend and dtype (pre_sharded=true, compile=true, ...)."""
@@ -23,9 +30,7 @@ def _changed_options(config: dict) -> str:
     threshold = config["dtype"]["llm_int8_threshold"]
     if config["dtype"]["name"] == "int8" and threshold != DtypeConfig.llm_int8_threshold:
         changed.append(("llm_int8_threshold", threshold))
-    # kernel_inject=true from the command line arrives as the text "True" (a str option): lower-case both ways
-    return "".join(f" {name}={str(value).lower() if str(value) in ('True', 'False') else value}"
-                   for name, value in changed)
+    return "".join(f" {name}={option_text(value)}" for name, value in changed)
 
 
 def job_label(config: dict) -> str:
