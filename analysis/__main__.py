@@ -11,12 +11,13 @@ from analysis.history import append_sweep, history_path, load_sweep, previous_sw
 from analysis.report import write_report
 from analysis.results import load_results
 from analysis.trend import write_trend
+from core.jobdir import RESULT_FILE
 
 
 def report(args: argparse.Namespace) -> int:
     df = load_results(args.sweep_dirs)
     if df.empty:
-        raise ValueError(f"no result.json under {', '.join(map(str, args.sweep_dirs))}")
+        raise ValueError(f"no {RESULT_FILE} under {', '.join(map(str, args.sweep_dirs))}")
     page = write_report(df, args.out or args.sweep_dirs[0] / "report", args.reference)
     print(page.with_name("report.md").read_text())
     print(f"report: {page}")

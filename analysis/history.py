@@ -5,25 +5,33 @@ directory, or added by hand) becomes a newer entry of the same run_id, and reade
 Each sweep goes in one transaction (WAL journal): two sweeps finishing at once both land, one after
 the other, and a crash mid-append leaves the database as it was before that sweep.
 
+The schema has a version, SQLite's `PRAGMA user_version`: 0 is the first schema (one column per library
+version on `sweeps`), 1 keeps the library versions as one JSON object, `sweeps.versions`. `connect`
+migrates an older history in place (MIGRATIONS) and refuses a newer one.
+
 Queryable with any SQLite client; `result` holds the result.json as stored, e.g.
-    SELECT s.run_id, json_extract(r.result, '$.config.batch_size'), r.ms_per_token
+    SELECT s.run_id, json_extract(s.versions, '$.torch'), json_extract(r.result, '$.config.batch_size'),
+           r.ms_per_token
     FROM results r JOIN latest s ON s.id = r.sweep WHERE r.status = 'ok';
 """
+import contextlib
 import json
 import os
 import sqlite3
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 
-from analysis.results import frame, load_results, read_results, sweep_summary
-from runner.result import RESULT_FILE
+from analysis.results import VERSIONS, frame, load_results, read_results, sweep_summary
+from core.jobdir import RESULT_FILE
 
 DEFAULT_PATH = "outputs/history.sqlite"
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS sweeps (
+# The sweeps table of schema version 1. {name}: a migration builds it beside the old table, then renames it.
+SWEEPS_V1 = """
+CREATE TABLE {name} (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     run_id TEXT NOT NULL,
     appended_at TEXT NOT NULL,
@@ -32,27 +40,57 @@ CREATE TABLE IF NOT EXISTS sweeps (
     hardware TEXT,              -- "<n>x <GPU name>", or "cpu@<host>" (analysis.results.hardware)
     host TEXT,
     gpu TEXT,
-    torch TEXT,
-    transformers TEXT,
-    accelerate TEXT,
-    deepspeed TEXT,
-    bitsandbytes TEXT,
+    versions TEXT NOT NULL,     -- JSON object: library -> version, null where not installed
     jobs INTEGER NOT NULL,
     statuses TEXT NOT NULL      -- "3 ok, 1 oom"
-);
-CREATE TABLE IF NOT EXISTS results (
+)"""
+RESULTS_V0 = """
+CREATE TABLE results (
     sweep INTEGER NOT NULL REFERENCES sweeps(id),
     job INTEGER NOT NULL,
     status TEXT NOT NULL,
     ms_per_token REAL,
     load_s REAL,
-    result TEXT NOT NULL        -- result.json, as stored
-);
-CREATE INDEX IF NOT EXISTS sweeps_run_id ON sweeps(run_id);
-CREATE INDEX IF NOT EXISTS results_sweep ON results(sweep);
-CREATE VIEW IF NOT EXISTS latest AS
-    SELECT * FROM sweeps WHERE id IN (SELECT MAX(id) FROM sweeps GROUP BY run_id);
-"""
+    result TEXT NOT NULL        -- the result file, as stored
+)"""
+SWEEPS_INDEX_V0 = "CREATE INDEX sweeps_run_id ON sweeps(run_id)"
+RESULTS_INDEX_V0 = "CREATE INDEX results_sweep ON results(sweep)"
+LATEST_V0 = """
+CREATE VIEW latest AS
+    SELECT * FROM sweeps WHERE id IN (SELECT MAX(id) FROM sweeps GROUP BY run_id)"""
+
+# The newest schema: what a new history is created with.
+SCHEMA = (SWEEPS_V1.format(name="sweeps"), RESULTS_V0, SWEEPS_INDEX_V0, RESULTS_INDEX_V0, LATEST_V0)
+
+# The fields of sweep_summary that are columns of sweeps; every other field it returns is a library version.
+SWEEP_FIELDS = ("run_id", "started", "hardware", "host", "gpu", "jobs", "statuses")
+
+
+def v0_to_v1(db: sqlite3.Connection) -> None:
+    """Library versions: from one column each (torch, transformers, accelerate, deepspeed, bitsandbytes) to
+    one JSON object. SQLite drops no column portably: build the new table, copy, drop the old, rename; the
+    index and the view on sweeps go with the old table and are made again. Ids are copied: results.sweep
+    still points to its sweep."""
+    db.execute(SWEEPS_V1.format(name="sweeps_v1"))
+    db.execute("""
+        INSERT INTO sweeps_v1 (id, run_id, appended_at, started, sweep_dir, hardware, host, gpu, versions, jobs,
+                               statuses)
+        SELECT id, run_id, appended_at, started, sweep_dir, hardware, host, gpu,
+               json_object('torch', torch, 'transformers', transformers, 'accelerate', accelerate,
+                           'deepspeed', deepspeed, 'bitsandbytes', bitsandbytes),
+               jobs, statuses
+        FROM sweeps""")
+    db.execute("DROP VIEW latest")
+    db.execute("DROP TABLE sweeps")
+    db.execute("ALTER TABLE sweeps_v1 RENAME TO sweeps")
+    db.execute(SWEEPS_INDEX_V0)
+    db.execute(LATEST_V0)
+
+
+# MIGRATIONS[n] takes a history from schema version n to n + 1. A migration builds the schema of its own
+# version (the *_V<n> definitions), not SCHEMA, so that the ones after it find what they expect.
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [v0_to_v1]
+SCHEMA_VERSION = len(MIGRATIONS)
 
 
 def history_path() -> Path:
@@ -61,13 +99,82 @@ def history_path() -> Path:
 
 
 def connect(path: Path) -> sqlite3.Connection:
-    """The history database, created where there is none yet."""
+    """The history database at the newest schema version: created where there is none yet, migrated in
+    place where it is older. A history newer than this code raises ValueError."""
     path.parent.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(path, timeout=60, isolation_level=None)  # transactions are explicit below
     db.row_factory = sqlite3.Row
-    db.execute("PRAGMA journal_mode=WAL")
-    db.executescript(SCHEMA)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        if schema_version(db) != SCHEMA_VERSION:
+            upgrade(db, path)
+    except BaseException:
+        db.close()
+        raise
     return db
+
+
+def schema_version(db: sqlite3.Connection) -> int:
+    return db.execute("PRAGMA user_version").fetchone()[0]
+
+
+def upgrade(db: sqlite3.Connection, path: Path) -> None:
+    """Create the schema in a new database, or migrate an old one, in one BEGIN EXCLUSIVE transaction. That
+    is the lock: of processes opening the same old history at once, one migrates and the others wait, then
+    read the newest version and do nothing. A failed migration rolls back to the history as it was."""
+    db.execute("BEGIN EXCLUSIVE")
+    try:
+        version = schema_version(db)  # read again under the lock: another process may have migrated it
+        if version > SCHEMA_VERSION:
+            raise ValueError(f"the history {path} has schema version {version}, newer than {SCHEMA_VERSION}, the "
+                             f"newest this infersweep knows: upgrade infersweep to use it")
+        # version 0 is a new database, or one of the first schema, which has sweeps
+        if version == 0 and not db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'sweeps'"
+                                           ).fetchone():
+            for statement in SCHEMA:
+                db.execute(statement)
+        else:
+            for migrate in MIGRATIONS[version:]:
+                migrate(db)
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:  # SQLite may have rolled it back itself (a full disk, an I/O error)
+            db.execute("ROLLBACK")
+        raise
+
+
+def check_history(path: Path) -> str | None:
+    """Pre-flight check before a sweep launches any job: None if the history at `path` can be opened
+    (created, with its directory, where absent; migrated where old) and written, else one line naming
+    the path and why not. A history file it created is removed again when the check fails."""
+    env = os.environ.get("INFERSWEEP_HISTORY")
+    name = (f"INFERSWEEP_HISTORY={path}" if env is not None and Path(env) == path
+            else f"the history {path} (set INFERSWEEP_HISTORY to use another)")
+    if path.is_dir():
+        return f"{name}: is a directory, not a file"
+    ancestor = next(p for p in path.parents if p.exists())  # Path(".") or "/" at the latest
+    if not ancestor.is_dir():
+        return f"{name}: {ancestor} is a file, not a directory"
+    created = not path.exists()
+    try:
+        db = connect(path)
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")  # a write, rolled back: the file is writable
+            db.execute("ROLLBACK")
+        finally:
+            db.close()
+    except ValueError as e:
+        return f"{name}: {e}"
+    except (OSError, sqlite3.Error) as e:
+        if created:
+            for leftover in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+                # best effort: a read-only file system refuses even the unlink of a missing file
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
+        return f"{name}: cannot be opened and written: {e}"
+    return None
 
 
 def append_sweep(path: Path, sweep_dir: Path) -> list[str]:
@@ -78,10 +185,15 @@ def append_sweep(path: Path, sweep_dir: Path) -> list[str]:
     db = connect(path)
     try:
         for summary in summaries:
-            row = {**summary, "appended_at": appended_at, "sweep_dir": str(Path(sweep_dir).resolve())}
+            row = {**{k: summary[k] for k in SWEEP_FIELDS}, "appended_at": appended_at,
+                   "sweep_dir": str(Path(sweep_dir).resolve())}
+            # versions: SQLite's json_object over the (library, version) pairs of the other fields
+            pairs = [x for library, version in summary.items() if library not in SWEEP_FIELDS
+                     for x in (library, version)]
             db.execute("BEGIN IMMEDIATE")
-            cur = db.execute(f"INSERT INTO sweeps ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
-                             list(row.values()))
+            cur = db.execute(f"INSERT INTO sweeps ({', '.join(row)}, versions)"
+                             f" VALUES ({', '.join('?' * len(row))}, json_object({', '.join('?' * len(pairs))}))",
+                             [*row.values(), *pairs])
             db.executemany(
                 "INSERT INTO results (sweep, job, status, ms_per_token, load_s, result) VALUES (?, ?, ?, ?, ?, ?)",
                 [(cur.lastrowid, r["job"], r["status"], r.get("ms_per_token"), r.get("load_s"), json.dumps(r))
@@ -93,12 +205,20 @@ def append_sweep(path: Path, sweep_dir: Path) -> list[str]:
 
 
 def sweeps(path: Path) -> pd.DataFrame:
-    """The newest entry of every sweep in the history, oldest sweep first."""
+    """The newest entry of every sweep in the history, oldest sweep first. The versions JSON becomes one
+    column per library, in its place: analysis.results.VERSIONS first, then any other library found; None
+    where a sweep has no version of it."""
     db = connect(path)
     try:
-        return pd.read_sql_query("SELECT * FROM latest ORDER BY started, id", db)
+        runs = pd.read_sql_query("SELECT * FROM latest ORDER BY started, id", db)
     finally:
         db.close()
+    versions = pd.DataFrame([json.loads(v) for v in runs["versions"]], index=runs.index)
+    libraries = list(dict.fromkeys([*VERSIONS, *versions.columns]))
+    versions = versions.reindex(columns=libraries).astype(object)
+    columns = list(runs.columns)
+    at = columns.index("versions")
+    return runs.join(versions.where(versions.notna(), None))[columns[:at] + libraries + columns[at + 1:]]
 
 
 def sweep_results(path: Path, run_id: str) -> pd.DataFrame:

@@ -5,18 +5,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from runner.result import RESULT_FILE, read_result
+from core.jobdir import LIBRARIES, CorruptResult, read_result_file, result_files
 
 
 def read_results(dirs: Iterable[Path]) -> list[dict]:
     """Every result under `dirs`, as stored. A corrupt result file is reported on stderr by name and left out."""
     results = []
-    for d in dirs:
-        for path in sorted(Path(d).rglob(RESULT_FILE)):
-            try:
-                results.append(read_result(path.parent))
-            except ValueError as e:
-                print(f"skipping {e}", file=sys.stderr)
+    for path in result_files(list(dirs)):
+        try:
+            results.append(read_result_file(path).to_dict())
+        except CorruptResult as e:
+            print(f"skipping {e}", file=sys.stderr)
     return results
 
 
@@ -61,7 +60,7 @@ def hardware(df: pd.DataFrame) -> pd.Series:
     return hw.fillna(df["run_id"].map(hw.dropna().groupby(df["run_id"]).first()))
 
 
-VERSIONS = ("torch", "transformers", "accelerate", "deepspeed", "bitsandbytes")
+VERSIONS = tuple(lib for lib in LIBRARIES if lib != "safetensors")
 
 
 def sweep_summary(df: pd.DataFrame) -> pd.DataFrame:

@@ -3,20 +3,20 @@ from collections.abc import Iterator
 
 import pandas as pd
 
-from runner.progress import option_text
+from core.jobdir import NOT_MEASURED, option_text
 
-# Identity columns that, where they vary within the results, become part of a row's label.
-LABEL_KEYS = ("config.model.name", "config.num_gpus", "config.cpu_ranks", "config.num_nodes", "config.backend.name",
-              "config.dtype.name", "config.offload.name", "config.new_tokens", "config.prompt_tokens", "config.stack")
+# A row's label: backend and dtype, then every measured config key (core/jobdir.py: the one definition of
+# "the same measurement") that varies among the results, so that two rows of one table are never the same
+# label; batch size is the tables' columns. Known keys first, in this order and with these short names;
+# any other measured key that varies follows as name=value (seed=1, isolate=false, max_batch_cap=64...).
+ALWAYS = ("config.backend.name", "config.dtype.name")
+ORDER = ("config.model.name", "config.num_gpus", "config.cpu_ranks", "config.num_nodes", *ALWAYS,
+         "config.offload.name", "config.new_tokens", "config.prompt_tokens", "config.stack")
 SHORT = {"config.model.name": "", "config.num_gpus": "gpus=", "config.cpu_ranks": "ranks=", "config.num_nodes": "nodes=",
          "config.offload.name": "offload=", "config.new_tokens": "new=", "config.prompt_tokens": "prompt=",
-         "config.stack": "stack="}
-
-
-# Backend and dtype options (every config.backend.* and config.dtype.* key but the name) join the label where
-# they vary among the jobs that have them, and only on those jobs (an option of another backend is no
-# difference): compile, attention, int8 threshold, kernel injection, pre-sharding, device map...
-SHORT_OPTIONS = {"attn_implementation": "attn", "llm_int8_threshold": "threshold"}
+         "config.stack": "stack=", "config.backend.name": "", "config.dtype.name": "",
+         "config.backend.attn_implementation": "attn=", "config.dtype.llm_int8_threshold": "threshold="}
+COLUMNS = ("config.batch_size",)
 
 
 def _text(value) -> str:
@@ -24,22 +24,35 @@ def _text(value) -> str:
     return "default" if pd.isna(value) else option_text(value)
 
 
-def _option_keys(df: pd.DataFrame) -> list:
-    return [k for k in df if k.startswith(("config.backend.", "config.dtype.")) and not k.endswith(".name")]
+def _measured_columns(df: pd.DataFrame) -> list:
+    return [c for c in df if c.startswith("config.") and c.split(".")[1] not in NOT_MEASURED and c not in COLUMNS]
+
+
+def _varies(df: pd.DataFrame, key: str) -> bool:
+    """Whether `key` tells results apart: it varies among the results that have it (a backend option is no
+    difference to another backend's jobs), and a model's shape is no difference beside the model's name."""
+    values = df[key].dropna().map(_text)
+    if values.nunique() <= 1:
+        return False
+    if key.startswith("config.model.") and key != "config.model.name" and "config.model.name" in df:
+        return bool((df.groupby("config.model.name")[key].nunique(dropna=False) > 1).any())
+    return True
 
 
 def row_labels(df: pd.DataFrame) -> pd.Series:
-    """backend+dtype, with model, num_gpus, offload, token counts and stack added where they vary, and each
-    backend/dtype option where it varies (compile, attention, int8 threshold, pre_sharded...)."""
-    varying = [k for k in LABEL_KEYS if k in df and df[k].map(_text).nunique() > 1]
-    keys = [k for k in LABEL_KEYS if k in ("config.backend.name", "config.dtype.name") or k in varying]
-    labels = df[keys].map(_text).apply(lambda r: " ".join(SHORT.get(k, "") + r[k] for k in keys), axis=1)
-    for key in _option_keys(df):
-        if df[key].dropna().map(_text).nunique() > 1:
-            name = key.rsplit(".", 1)[1]
-            short = SHORT_OPTIONS.get(name, name)
-            labels = labels + [f" {short}={_text(v)}" if pd.notna(v) else "" for v in df[key]]
-    return labels
+    """backend+dtype, plus every measured config key that varies (model, num_gpus, offload, token counts,
+    stack, a backend or dtype option, ...), each only on the results that have it."""
+    varying = [k for k in _measured_columns(df) if k in ALWAYS or _varies(df, k)]
+    keys = [k for k in ORDER if k in varying] + sorted(k for k in varying if k not in ORDER)
+
+    def part(key: str, value) -> str:
+        return SHORT.get(key, key.rsplit(".", 1)[1] + "=") + _text(value)
+
+    def label(row: pd.Series) -> str:
+        present = [k for k in keys if k in ALWAYS or k in ORDER[:4] or pd.notna(row[k])]
+        return " ".join(part(k, row[k]) for k in present)
+
+    return df.apply(label, axis=1) if len(df) else pd.Series(dtype=object)
 
 
 def seed_table(df: pd.DataFrame, metric: str = "ms_per_token", digits: int = 2) -> pd.DataFrame:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from runner.stack import LIBRARIES
+from core.jobdir import LIBRARIES
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 

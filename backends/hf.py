@@ -4,21 +4,16 @@ the one generate call the measurement is defined on."""
 import torch
 import transformers
 
+from backends.spec import version_tuple
+
 # int8 loads fp16 weights and quantises them (bitsandbytes, DeepSpeed's int8 kernels).
 TORCH_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.float16}
-
-
-def transformers_version() -> tuple:
-    parts = []
-    for part in transformers.__version__.split(".")[:2]:
-        parts.append(int("".join(c for c in part if c.isdigit()) or 0))
-    return tuple(parts)
 
 
 def dtype_kwargs(dtype: torch.dtype) -> dict:
     """from_pretrained/from_config's dtype argument: `dtype` since transformers 4.56, `torch_dtype` before
     (the 4.43.4 stack that DeepSpeed's BLOOM kernels need)."""
-    return {"dtype": dtype} if transformers_version() >= (4, 56) else {"torch_dtype": dtype}
+    return {"dtype": dtype} if version_tuple(transformers.__version__) >= (4, 56) else {"torch_dtype": dtype}
 
 
 def import_model_code(checkpoint: str) -> None:

@@ -18,6 +18,7 @@ import torch
 class Backend(Protocol):
     info: dict  # what actually ran (placement, kernels...), recorded in the result
     streams: int  # independent generate streams running at once (ZeRO: one per rank)
+    tp_size: int  # ranks one copy of the model is split over (the roofline counts one rank's weights)
 
     def load(self) -> None: ...
 

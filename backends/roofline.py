@@ -18,12 +18,13 @@ Floors of one decode step (`roofline` in the result), for the weights this rank 
   fraction_of_floor   that floor / the measured decode_ms_per_step (1.0 = at the hardware limit)
 """
 import json
-import os
 import re
 import time
 from pathlib import Path
 
 import torch
+
+from core.jobdir import write_json
 
 CEILINGS_FILE = "ceilings-{device}.json"
 ACT_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 2}  # bytes per KV element (int8 keeps fp16 activations)
@@ -94,9 +95,7 @@ def sweep_ceilings(sweep_dir: Path, device: torch.device, job: int, write: bool 
     ceilings = {**measure_ceilings(device), "measured_by_job": job,
                 "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if write:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(ceilings, indent=2))
-        os.replace(tmp, path)
+        write_json(path, ceilings)
     return {**ceilings, "file": str(path)}
 
 

@@ -11,6 +11,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from core.jobdir import read_job
+
 # The dtype a checkpoint is stored in: int8 is quantised from fp16 at load time, as the seed did.
 STORAGE_DTYPE = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "int8": "float16"}
 
@@ -34,6 +36,19 @@ def checkpoint_dir(config: dict) -> Path:
 
 def checkpoint_ready(config: dict) -> bool:
     return (checkpoint_dir(config) / "config.json").exists()
+
+
+def model_type(config: dict) -> str | None:
+    """The architecture a job loads: model.arch for a synthetic shape, config.json's model_type for a local
+    checkpoint, None for a hub name (decided in the worker)."""
+    model = config["model"]
+    if model["source"] == "synthetic":
+        return model["arch"]
+    path = Path(model["path"] or "").expanduser() / "config.json"
+    try:
+        return json.loads(path.read_text()).get("model_type")
+    except (OSError, ValueError):
+        return None
 
 
 SYNTHETIC_ARCHS = ("bloom", "llama")
@@ -156,5 +171,4 @@ def build_checkpoint(config: dict) -> Path:
 
 
 if __name__ == "__main__":
-    job = json.loads((Path(sys.argv[1]) / "job.json").read_text())
-    print(f"synthetic checkpoint: {build_checkpoint(job['config'])}", flush=True)
+    print(f"synthetic checkpoint: {build_checkpoint(read_job(Path(sys.argv[1])).config)}", flush=True)

@@ -1,11 +1,9 @@
 """The process the launcher starts: `python -m backends.worker JOB_DIR`.
 
-Reads JOB_DIR/job.json, loads the model with the job's backend, runs the shared measurement loop and
+Reads the job (core/jobdir.py), loads the model with the job's backend, runs the shared measurement loop and
 writes JOB_DIR/result.json (rank 0 only). Every failure it can catch becomes a result: out of memory
 is `oom`, anything else `error` with the exception's last line.
 """
-import importlib
-import json
 import os
 import resource
 import sys
@@ -15,22 +13,25 @@ from pathlib import Path
 
 import torch
 
-from backends import maxbatch
+from backends import load_backend_class, lookup, maxbatch
 from backends.env import collect_env
 from backends.hf import import_model_code
 from backends.measure import measure, prompts, synchronize
 from backends.profile import profile_generate
 from backends.roofline import roofline, sweep_ceilings
 from backends.synthetic import checkpoint_dir
-from runner.progress import PHASE_FILE
-from runner.result import new_result, write_result
-from runner.session import SESSION_MARKER, STOP_FILE, job_file
-
-BACKENDS = {
-    "accelerate": "backends.accelerate:AccelerateBackend",
-    "ds-inference": "backends.ds_inference:DSInferenceBackend",
-    "ds-zero": "backends.ds_zero:DSZeroBackend",
-}
+from core.jobdir import (
+    PHASE_FILE,
+    SESSION_MARKER,
+    STOP_FILE,
+    SWEEP_FILE,
+    Job,
+    Result,
+    new_result,
+    read_job,
+    session_job_file,
+    write_result,
+)
 
 OOM_MESSAGES = ("out of memory", "can't allocate memory", "cublas_status_alloc_failed", "cannot allocate memory",
                 "failed to allocate", "workspace can't be allocated")
@@ -62,8 +63,8 @@ def limit_host_memory(gib: float) -> None:
 
 
 def make_backend(config: dict):
-    module, cls = BACKENDS[config["backend"]["name"]].split(":")
-    return getattr(importlib.import_module(module), cls)(config, str(checkpoint_dir(config)))
+    cls = load_backend_class(lookup(config["backend"]["name"]))
+    return cls(config, str(checkpoint_dir(config)))
 
 
 def logits_probe(backend, config: dict, vocab: int, stream: int) -> dict:
@@ -96,28 +97,11 @@ def gather_ranks(fields: dict) -> dict:
     return {"per_rank": ranks, "peak_mem_gib": max(per_device), "peak_mem_gib_per_device": per_device}
 
 
-def claim_result(job_dir: Path, result: dict) -> bool:
-    """Write result.json unless a rank already did (os.link never replaces): the first rank to fail
-    reports the job, rather than a peer that only saw it die."""
-    tmp = job_dir / f".result.rank{rank()}.json"
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=2, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    try:
-        os.link(tmp, job_dir / "result.json")
-        return True
-    except FileExistsError:
-        return False
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def job_ceilings(job: dict, job_dir: Path, device: torch.device) -> dict:
+def job_ceilings(job: Job, job_dir: Path, device: torch.device) -> dict:
     """The device's bandwidth and matmul ceilings, measured once per sweep (backends/roofline.py): cached in
     the sweep directory (job.json's sweep_dir; a multirun job's parent holds sweep.json), else the job's."""
-    sweep_dir = job.get("sweep_dir") or (job_dir.parent if (job_dir.parent / "sweep.json").exists() else job_dir)
-    return sweep_ceilings(Path(sweep_dir), device, job["job"], write=rank() == 0)
+    sweep_dir = job.sweep_dir or (job_dir.parent if (job_dir.parent / SWEEP_FILE).exists() else job_dir)
+    return sweep_ceilings(Path(sweep_dir), device, job.job, write=rank() == 0)
 
 
 def search_max_batch(backend, config: dict, vocab: int, stream: int, fields: dict, phase) -> int:
@@ -152,8 +136,8 @@ def search_max_batch(backend, config: dict, vocab: int, stream: int, fields: dic
 _loaded: dict = {}
 
 
-def run(job: dict, job_dir: Path, serving: bool = False) -> dict:
-    config = job["config"]
+def run(job: Job, job_dir: Path, serving: bool = False) -> Result:
+    config = job.config
 
     def phase(text: str) -> None:
         if rank() == 0:
@@ -176,7 +160,7 @@ def run(job: dict, job_dir: Path, serving: bool = False) -> dict:
             start = time.perf_counter()
             backend.load()
             synchronize()
-            _loaded.update(load_s=time.perf_counter() - start, first_job=job["job"])
+            _loaded.update(load_s=time.perf_counter() - start, first_job=job.job)
             if serving:
                 _loaded["backend"] = backend
         fields["load_s"] = _loaded["load_s"]
@@ -197,9 +181,8 @@ def run(job: dict, job_dir: Path, serving: bool = False) -> dict:
             phase("profiling")
             ids, mask = prompts(config, vocab, stream, backend.input_device())
             fields["profile"] = profile_generate(backend, ids, mask, config["new_tokens"], job_dir, rank())
-        tp = int(os.environ.get("WORLD_SIZE", "1")) if config["backend"]["name"] == "ds-inference" else 1
         fields["roofline"] = roofline(backend.model, config, config["batch_size"], fields["decode_ms_per_step"],
-                                      fields["env"]["ceilings"], tp)
+                                      fields["env"]["ceilings"], backend.tp_size)
         fields["prompt_logits_top5"] = logits_probe(backend, config, vocab, stream)
         fields.update(gather_ranks(fields))
         return new_result(job, "ok", **fields)
@@ -213,18 +196,17 @@ def run(job: dict, job_dir: Path, serving: bool = False) -> dict:
 
 
 def main(job_dir: Path, serving: bool = False) -> int:
-    job = json.loads((job_dir / "job.json").read_text())
-    result = run(job, job_dir, serving)
+    """Measure the job of `job_dir`. With several ranks, rank 0 writes an `ok` result once every rank
+    reported in (gather_ranks); a failed rank writes its own, unless another rank already did, so that the
+    first rank to fail reports the job (OOM on rank 3 is the job's `oom`), not a peer that only saw it die."""
+    result = run(read_job(job_dir), job_dir, serving)
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
         if rank() == 0:
             write_result(job_dir, result)
-    elif result["status"] == "ok":
-        if rank() == 0:  # after gather_ranks: every rank finished
-            claim_result(job_dir, result)
-    else:  # any rank: OOM on rank 3 is the job's `oom`; the launcher then ends the other ranks
-        claim_result(job_dir, result)
-    print(f"worker rank {rank()}: {result['status']} {result['reason']}", flush=True)
-    return 0 if result["status"] == "ok" else 1
+    elif result.status != "ok" or rank() == 0:
+        write_result(job_dir, result, exclusive=True)
+    print(f"worker rank {rank()}: {result.status} {result.reason}", flush=True)
+    return 0 if result.status == "ok" else 1
 
 
 def serve(session_dir: Path) -> int:
@@ -232,7 +214,7 @@ def serve(session_dir: Path) -> int:
     A job that does not end `ok` ends the session: its CUDA state, or its peers, cannot be trusted."""
     n = 0
     while True:
-        path = job_file(session_dir, n)
+        path = session_job_file(session_dir, n)
         while not path.exists():
             if (session_dir / STOP_FILE).exists():
                 return 0

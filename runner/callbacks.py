@@ -1,5 +1,4 @@
 """Hydra callbacks: count the sweep when it starts, print and save its table when it ends."""
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -9,7 +8,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from runner.job import SWEEP_FILE, new_run_id
+from core.jobdir import new_run_id, read_sweep, write_sweep
 from runner.session import close_session
 
 TABLE_FILE = "seed_table.csv"
@@ -27,12 +26,10 @@ class SweepTable(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        path = sweep_dir / SWEEP_FILE
         # A sweep run again in the same directory (a resume) keeps its run_id.
-        run_id = json.loads(path.read_text())["run_id"] if path.exists() else new_run_id()
+        run_id = read_sweep(sweep_dir).get("run_id") or new_run_id()
         total = sweep_size(list(config.hydra.overrides.task), config.hydra.sweeper.get("params"))
-        info = {"run_id": run_id, "total": total, "started": time.time()}
-        path.write_text(json.dumps(info))
+        write_sweep(sweep_dir, {"run_id": run_id, "total": total, "started": time.time()})
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         close_session()

@@ -1,4 +1,5 @@
-"""The sweep's config schema: one small dataclass per group, registered in Hydra's ConfigStore.
+"""The sweep's config schema: one small dataclass per group, registered in Hydra's ConfigStore; each backend's
+own (its spec's) is the option `backend=<name>`.
 
 The yaml files under conf/ pick these schemas as defaults, so a typo'd key, a wrong type or an
 unknown option fails at compose time, before any job runs.
@@ -8,54 +9,11 @@ from enum import Enum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, OmegaConf
 
-from runner.cluster import ClusterConfig
-
-
-@dataclass
-class AccelerateConfig:
-    name: str = "accelerate"
-    # Accelerate's placement of the layers over the GPUs: auto | balanced | balanced_low_0 | sequential.
-    # balanced_low_0 keeps GPU 0 nearly free of weights for activations and the KV cache (the seed's
-    # trick for int8 on 4 GPUs).
-    device_map: str = "auto"
-    # GiB of weights kept on the execution device (GPU 0, or the CPU when num_gpus=0) when
-    # offload=cpu|nvme; the rest is streamed from CPU RAM or disk at every forward.
-    resident_gib: float = 1.0
-    # null: transformers' default (sdpa where the model supports it) | sdpa | eager; backend_info
-    # records the one that ran (model.config._attn_implementation).
-    attn_implementation: str | None = None
-    # true: generate() with a static KV cache (generation_config.cache_implementation = "static"),
-    # which transformers compiles with torch.compile (the first generate pays the compilation).
-    compile: bool = False
-
-
-@dataclass
-class DSInferenceConfig:
-    name: str = "ds-inference"
-    # auto: DeepSpeed's fused kernels where it supports the architecture and the transformers version
-    # (and there is a GPU), AutoTP otherwise; true: kernels or `invalid`; false: AutoTP always.
-    kernel_inject: str = "auto"
-    # enable_cuda_graph: only where the kernel path supports it (DeepSpeed refuses it for BLOOM).
-    cuda_graph: bool = False
-    # Load a TP-pre-sharded checkpoint (one file set per rank), written once per (model, dtype,
-    # world size, path) under cache_dir the first time, outside load_s; false: load the original.
-    pre_sharded: bool = False
-
-
-@dataclass
-class DSZeroConfig:
-    name: str = "ds-zero"
-    # The seed's ZeRO-3 buckets, in elements, as multiples of hidden_size**2 (made ints: DeepSpeed's
-    # config validator rejects floats).
-    reduce_bucket: float = 1.0
-    prefetch_bucket: float = 0.9
-    # offload=nvme: how many swap buffers, each sized to the largest parameter.
-    nvme_buffer_count: int = 5
-
-
-BACKEND_SCHEMAS = {"accelerate": AccelerateConfig, "ds-inference": DSInferenceConfig, "ds-zero": DSZeroConfig}
+from backends import specs
+from runner.slurm import ClusterConfig
+from runner.stack import visible_gpus
 
 
 @dataclass
@@ -108,7 +66,7 @@ class SweepConfig:
     # Processes the DeepSpeed backends start when num_gpus=0 (tensor parallelism or ZeRO over CPU
     # ranks, gloo); on GPUs the world size is num_gpus. Accelerate always runs one process.
     cpu_ranks: int = 1
-    # Nodes a DeepSpeed job spans (world size num_nodes x ranks per node); see runner/cluster.py.
+    # Nodes a DeepSpeed job spans (world size num_nodes x ranks per node); see runner/multinode.py.
     num_nodes: int = 1
     # A positive int, or max: the largest batch that fits, found by search (doubling, then bisection to
     # within 3%, up to max_batch_cap) in the loaded worker, then measured; checked in runner/validate.py.
@@ -133,17 +91,25 @@ class SweepConfig:
     host_mem_limit_gib: float | None = None
     # Where synthetic checkpoints are cached; null: $INFERSWEEP_CACHE or ~/.cache/infersweep.
     cache_dir: str | None = None
-    # SLURM resources and multi-node placement (runner/cluster.py, docs/cluster.md).
+    # SLURM resources and multi-node placement (runner/slurm.py, runner/multinode.py, docs/cluster.md).
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
 
 def register_configs() -> None:
-    """Schemas live in their own group so that `backend=...` lists only the real options."""
+    """Every registered backend's config is an option of the `backend` group; the other schemas live in
+    their own group, picked by the yaml files of conf/."""
     cs = ConfigStore.instance()
+    for spec in specs():
+        cs.store(group="backend", name=spec.name, node=spec.config)
     cs.store(group="schema", name="sweep", node=SweepConfig)
-    cs.store(group="schema", name="accelerate", node=AccelerateConfig)
-    cs.store(group="schema", name="ds_inference", node=DSInferenceConfig)
-    cs.store(group="schema", name="ds_zero", node=DSZeroConfig)
     cs.store(group="schema", name="dtype", node=DtypeConfig)
     cs.store(group="schema", name="offload", node=OffloadConfig)
     cs.store(group="schema", name="model", node=ModelConfig)
+
+
+def resolve(cfg: DictConfig) -> dict:
+    """A job's full config as plain data, with `num_gpus: null` resolved to what this machine has."""
+    config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    if config["num_gpus"] is None:
+        config["num_gpus"] = 1 if visible_gpus() else 0
+    return config

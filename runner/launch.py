@@ -1,7 +1,6 @@
 """The launcher command for a job, and running it as one process tree under a timeout."""
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -10,63 +9,21 @@ from pathlib import Path
 
 import psutil
 
-from runner import cluster
+from backends import lookup
+from backends.launchers import Launch
+from runner import multinode
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-WORKER = "backends.worker"
 
 
 def launcher_command(config: dict, python: str, job_dir: Path, gpu_ids: tuple) -> list:
-    """The real launcher CLI for the job's backend, run by the stack's interpreter."""
-    n = config["num_gpus"]
-    backend = config["backend"]["name"]
-    if backend == "accelerate":
-        # One process that spreads the layers over the job's GPUs (Accelerate's big-model inference).
-        cmd = [python, "-m", "accelerate.commands.accelerate_cli", "launch",
-               "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-        cmd += ["--cpu"] if n == 0 else ["--gpu_ids", ",".join(gpu_ids[:n])]
-        return cmd + ["--module", WORKER, str(job_dir)]
-    if backend in ("ds-inference", "ds-zero"):
-        return deepspeed_command(config, python, job_dir, gpu_ids)
-    raise ValueError(f"backend={backend}: no launcher")
-
-
-def world_size(config: dict) -> int:
-    """Ranks a DeepSpeed job starts: one per GPU, or `cpu_ranks` processes on the CPU."""
-    return config["num_gpus"] or config["cpu_ranks"]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def deepspeed_command(config: dict, python: str, job_dir: Path, gpu_ids: tuple) -> list:
-    """`deepspeed --num_gpus N --module backends.worker JOB_DIR` (the CLI's own module, run by the stack's
-    interpreter so the launcher and its ranks use the stack's DeepSpeed).
-
-    Environment, set on the command line so that the log shows it: OMP_NUM_THREADS = cores / ranks
-    (CPU ranks otherwise oversubscribe the cores many times over); on the CPU, LOCAL_SIZE = ranks, which
-    is how DeepSpeed's CPU accelerator counts its "devices" (without it the launcher sees one per NUMA
-    node and refuses --num_gpus 2), and DS_ACCELERATOR=cpu so that a GPU box honours num_gpus=0.
-    """
-    n, world = config["num_gpus"], world_size(config)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    env = [f"OMP_NUM_THREADS={max(1, cores // world)}"]
-    if n == 0:
-        env += [f"LOCAL_SIZE={world}", "DS_ACCELERATOR=cpu"]
-    cmd = ["env", *env, python, "-m", "deepspeed.launcher.runner"]
-    nodes = cluster.deepspeed_args(config, job_dir)  # num_nodes > 1: hostfile, master addr/port, node rank
-    if nodes:
-        return cmd + nodes + ["--no_local_rank", "--module", WORKER, str(job_dir)]
-    ids = tuple(gpu_ids[:n])
-    if n == 0 or ids == tuple(str(i) for i in range(n)):
-        cmd += ["--num_gpus", str(world)]
-    else:  # GPUs that are not the first n: name them (DeepSpeed ignores CUDA_VISIBLE_DEVICES with --num_gpus)
-        cmd += ["--include", "localhost:" + ",".join(ids)]
-    # --no_local_rank: ranks read LOCAL_RANK from the environment; the job dir stays the last argument.
-    return cmd + ["--no_local_rank", "--master_port", str(free_port()), "--module", WORKER, str(job_dir)]
+    """The real launcher CLI that starts the job's worker, as its backend's spec builds it, run by the stack's
+    interpreter; a multi-node job gets DeepSpeed's placement over its nodes (runner/multinode.py)."""
+    spec = lookup(config["backend"]["name"])
+    launch = Launch(python=python, job_dir=Path(job_dir), gpu_ids=tuple(gpu_ids),
+                    ranks_per_node=spec.ranks_per_node(config),
+                    nodes_args=multinode.deepspeed_args(config, job_dir) if spec.multinode else None)
+    return spec.command(config, launch)
 
 
 def job_environment() -> dict:

@@ -2,12 +2,11 @@
 import statistics
 import sys
 import time
-from dataclasses import fields
 from pathlib import Path
 
-from runner.config import BACKEND_SCHEMAS, DtypeConfig
-
-PHASE_FILE = "phases"  # the worker appends one line per phase it enters
+from backends import lookup
+from core.jobdir import PHASE_FILE, Result, option_text
+from runner.config import DtypeConfig
 
 
 def _clock(seconds: float) -> str:
@@ -15,18 +14,10 @@ def _clock(seconds: float) -> str:
     return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def option_text(value) -> str:
-    """A config value as labels show it: a boolean lower-case whether it came as one or as text
-    (kernel_inject=true from a yaml file arrives as "true", from the command line as "True": a str option)."""
-    text = str(value)
-    return text.lower() if text.lower() in ("true", "false") else text
-
-
 def _changed_options(config: dict) -> str:
     """The backend's options, and int8's threshold, that differ from their defaults: what tells apart two
     jobs of one backend and dtype (pre_sharded=true, compile=true, ...)."""
-    changed = [(f.name, config["backend"][f.name]) for f in fields(BACKEND_SCHEMAS[config["backend"]["name"]])
-               if f.name != "name" and config["backend"][f.name] != f.default]
+    changed = lookup(config["backend"]["name"]).changed_options(config)
     threshold = config["dtype"]["llm_int8_threshold"]
     if config["dtype"]["name"] == "int8" and threshold != DtypeConfig.llm_int8_threshold:
         changed.append(("llm_int8_threshold", threshold))
@@ -45,14 +36,14 @@ def job_label(config: dict) -> str:
     return label
 
 
-def result_line(result: dict) -> str:
-    line = f"{job_label(result['config'])} {result['status']}"
+def result_line(result: Result) -> str:
+    line = f"{job_label(result.config)} {result.status}"
     if result.get("ms_per_token") is not None:
-        line += f" {result['ms_per_token']:.3f} ms/token"
+        line += f" {result.get('ms_per_token'):.3f} ms/token"
     if result.get("load_s") is not None:
-        line += f" load {result['load_s']:.2f} s"
-    if result["status"] != "ok" and result.get("reason"):
-        line += f" ({result['reason']})"
+        line += f" load {result.get('load_s'):.2f} s"
+    if result.status != "ok" and result.reason:
+        line += f" ({result.reason})"
     return line
 
 
@@ -99,12 +90,12 @@ class Progress:
             self.phase(line)
         self.seen = len(lines)
 
-    def done(self, result: dict, earlier: bool = False) -> None:
+    def done(self, result: Result, earlier: bool = False) -> None:
         """earlier: the result of an earlier run, kept (nothing was measured now)."""
         if not earlier:
             _job_seconds.append(time.time() - self.started)
         line = result_line(result) + (" [kept from an earlier run]" if earlier else "")
-        if result["status"] in ("error", "timeout") and result.get("log"):
-            line += f" log: {result['log']}"
+        if result.status in ("error", "timeout") and result.log:
+            line += f" log: {result.log}"
         sys.stderr.write(("\r\033[K" if self.tty else "") + f"{self._prefix()} {line}\n")
         sys.stderr.flush()

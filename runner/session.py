@@ -1,40 +1,25 @@
 """Load once, sweep many: one launched worker that keeps its model loaded and measures job after job.
 
-With `isolate=false`, consecutive jobs that differ only in generation keys (batch size, tokens,
-repeats, timeout) are handed to the same worker through numbered files in a session directory;
-every rank reads them, rank 0 writes each job's result.json. A job whose worker dies or times out
-ends the session; the next job starts a fresh one.
+With `isolate=false`, consecutive jobs whose configs have the same load key (core/jobdir.py: they differ
+only in batch size, token counts, or keys that are not measured) are handed to the same worker through
+numbered files in a session directory; every rank reads them, rank 0 writes each job's result. A job
+whose worker dies or times out ends the session; the next job starts a fresh one.
 """
 import atexit
-import json
-import os
 import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from core.jobdir import RESULT_FILE, SESSION_MARKER, STOP_FILE, atomic_write, load_key, session_job_file
 from runner.launch import job_environment, kill_tree
-from runner.result import RESULT_FILE
-
-GENERATION_KEYS = ("batch_size", "new_tokens", "prompt_tokens", "repeats", "timeout_s", "profile")
-STOP_FILE = "stop"
-SESSION_MARKER = "session"  # a launched worker given a directory holding this file serves it
-
-
-def session_key(config: dict) -> str:
-    """Jobs with equal keys can share a loaded model."""
-    return json.dumps({k: v for k, v in config.items() if k not in GENERATION_KEYS}, sort_keys=True)
-
-
-def job_file(session_dir: Path, n: int) -> Path:
-    return session_dir / f"job-{n:05d}"
 
 
 class WorkerSession:
     def __init__(self, key: str, cmd: list, session_dir: Path):
         self.key, self.session_dir, self.jobs = key, session_dir, 0
         session_dir.mkdir(parents=True, exist_ok=True)
-        (session_dir / SESSION_MARKER).write_text(key)
+        atomic_write(session_dir / SESSION_MARKER, key)
         self.log_path = session_dir / "worker.log"
         with open(self.log_path, "a") as log:
             log.write("$ " + " ".join(cmd) + "\n")
@@ -48,10 +33,7 @@ class WorkerSession:
     def run(self, job_dir: Path, timeout_s: float, on_tick: Callable[[], None]) -> int | None:
         """Hand the job to the worker and wait for its result: 0 when it came, the worker's exit code
         if it died first, None on timeout (the session is then killed)."""
-        path = job_file(self.session_dir, self.jobs)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(str(job_dir))
-        os.replace(tmp, path)
+        atomic_write(session_job_file(self.session_dir, self.jobs), str(job_dir))
         self.jobs += 1
         deadline = time.monotonic() + timeout_s
         try:
@@ -71,7 +53,7 @@ class WorkerSession:
 
     def close(self, kill: bool = False) -> None:
         if self.alive() and not kill:
-            (self.session_dir / STOP_FILE).write_text("")
+            atomic_write(self.session_dir / STOP_FILE, "")
             try:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
@@ -82,13 +64,15 @@ class WorkerSession:
 _current: WorkerSession | None = None
 
 
-def session_for(key: str, start: Callable[[], WorkerSession]) -> WorkerSession:
-    """The live session for `key`, or a new one (closing the session of another key)."""
+def session_for(config: dict, start: Callable[[str], WorkerSession]) -> WorkerSession:
+    """The live session that holds this job's model (same load key), or a new one, start(key), closing the
+    session of another key."""
     global _current
+    key = load_key(config)
     if _current is not None and (_current.key != key or not _current.alive()):
         close_session()
     if _current is None:
-        _current = start()
+        _current = start(key)
     return _current
 
 

@@ -5,10 +5,10 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-LIBRARIES = ("torch", "transformers", "accelerate", "deepspeed", "bitsandbytes", "safetensors")
+from backends.spec import Stack
+from core.jobdir import LIBRARIES
 
 _PROBE = f"""
 LIBRARIES = {LIBRARIES!r}
@@ -22,16 +22,6 @@ for name in LIBRARIES:
         versions[name] = None
 print(json.dumps({{"python": sys.version.split()[0], "versions": versions}}))
 """
-
-
-@dataclass(frozen=True)
-class Stack:
-    python: str
-    python_version: str
-    versions: dict
-
-    def has(self, library: str) -> bool:
-        return self.versions.get(library) is not None
 
 
 def interpreter(stack: str | None) -> str:

@@ -1,17 +1,15 @@
 """Which jobs cannot run, and why: each check returns a one-line reason that names the key."""
-import json
 import os
 import tempfile
 from pathlib import Path
 
 import psutil
 
+from backends import lookup
+from backends.spec import Stack
 from backends.synthetic import SYNTHETIC_ARCHS, synthetic_params
-from runner.cluster import nodes_reason
-from runner.stack import Stack, gpu_memory_gib
-
-IMPLEMENTED_BACKENDS = ("accelerate", "ds-inference", "ds-zero")
-DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+from runner.multinode import nodes_reason
+from runner.stack import gpu_memory_gib
 
 
 def batch_size_error(config: dict) -> str | None:
@@ -20,13 +18,20 @@ def batch_size_error(config: dict) -> str | None:
     if value == "max":
         if config["max_batch_cap"] < 1:
             return f"max_batch_cap={config['max_batch_cap']}: must be >= 1"
-        if config["backend"]["name"] != "accelerate" and (config["num_gpus"] or config["cpu_ranks"]) > 1:
+        if _world_size(config) > 1:
             return ("batch_size=max: the search runs in one process (an out-of-memory on one rank of several "
-                    "cannot be retried; allowed with one GPU or cpu_ranks=1, or backend=accelerate)")
+                    "cannot be retried; allowed with one GPU or cpu_ranks=1, or a one-process backend)")
         return None
     if isinstance(value, bool) or not isinstance(value, int):
         return f"batch_size={value}: allowed: a positive int or max"
     return None
+
+
+def _world_size(config: dict) -> int:
+    try:
+        return lookup(config["backend"]["name"]).world_size(config)
+    except ValueError:  # an unknown backend: _backend names it
+        return 1
 
 
 def _positive(config: dict) -> str | None:
@@ -51,138 +56,24 @@ def _gpus(config: dict, gpus: tuple) -> str | None:
 
 
 def _backend(config: dict, stack: Stack) -> str | None:
+    """What the job's backend needs of the stack and the config, as its spec says."""
     name = config["backend"]["name"]
-    if name not in IMPLEMENTED_BACKENDS:
-        return f"backend={name}: not implemented yet (implemented: {', '.join(IMPLEMENTED_BACKENDS)})"
-    if name in ("ds-inference", "ds-zero"):
-        return _deepspeed(config, stack)
-    if config["num_gpus"] == 0 and config["cpu_ranks"] != 1:
-        return f"cpu_ranks={config['cpu_ranks']}: backend={name} runs one process (allowed: cpu_ranks=1)"
-    if name == "accelerate":
-        device_map = config["backend"]["device_map"]
-        if device_map not in DEVICE_MAPS:
-            return f"backend.device_map={device_map}: allowed: {', '.join(DEVICE_MAPS)}"
-        if device_map == "balanced_low_0" and config["num_gpus"] < 2:
-            return "backend.device_map=balanced_low_0: keeping GPU 0 free of weights needs num_gpus >= 2"
-        if config["backend"]["attn_implementation"] not in (None, "eager") and model_type(config) == "bloom":
-            return (f"backend.attn_implementation={config['backend']['attn_implementation']}: transformers has "
-                    "only eager attention for BLOOM (allowed for BLOOM: eager or null)")
-    return None
-
-
-# Newest transformers whose BLOOM modelling code DeepSpeed's fused-kernel container accepts
-# (deepspeed/module_inject/containers/bloom.py refuses anything newer).
-DS_BLOOM_MAX_TRANSFORMERS = (4, 43)
-KERNEL_INJECT = ("auto", "true", "false")
-
-
-def model_type(config: dict) -> str | None:
-    """The architecture the job loads: bloom for the synthetic shapes, config.json's for a local dir."""
-    model = config["model"]
-    if model["source"] == "synthetic":
-        return model["arch"]
-    path = Path(model["path"] or "").expanduser() / "config.json"
     try:
-        return json.loads(path.read_text()).get("model_type")
-    except (OSError, ValueError):
-        return None  # a hub name: decided in the worker
-
-
-def kernel_inject_mode(config: dict) -> str:
-    """backend.kernel_inject as auto|true|false (Hydra turns a typed true into the string "True")."""
-    return str(config["backend"]["kernel_inject"]).strip().lower()
-
-
-def _version_tuple(version: str | None, length: int = 2) -> tuple:
-    """(major, minor), or `length` leading numbers, of a version string; (0,) when it is missing."""
-    parts = []
-    for part in (version or "0").split(".")[:length]:
-        digits = "".join(c for c in part if c.isdigit())
-        parts.append(int(digits or 0))
-    return tuple(parts)
-
-
-# DeepSpeed PR #6528 made init_inference accept only the accelerator's supported_dtypes(), which lists no
-# int8 on any accelerator: "Data type torch.int8 is not supported". First in 0.15.2 (inference/engine.py
-# of the 0.15.1 and 0.15.2 sdists compared); 0.19.8 refused it on the H100.
-DS_INT8_GATE_FROM = (0, 15, 2)
-
-
-def bloom_kernels_refused(stack: Stack) -> bool:
-    return _version_tuple(stack.versions.get("transformers")) > DS_BLOOM_MAX_TRANSFORMERS
-
-
-def _deepspeed(config: dict, stack: Stack) -> str | None:
-    """ds-inference and ds-zero: what DeepSpeed (on this stack) cannot do, named."""
-    name, dtype, offload = config["backend"]["name"], config["dtype"]["name"], config["offload"]["name"]
-    if not stack.has("deepspeed"):
-        return f"backend={name}: deepspeed is not installed in stack {stack.python}"
+        spec = lookup(name)
+    except ValueError as e:
+        return str(e)
+    for library in spec.requires:
+        if not stack.has(library):
+            return f"backend={name}: {library} is not installed in stack {stack.python}"
     if config["cpu_ranks"] < 1:
         return f"cpu_ranks={config['cpu_ranks']}: must be >= 1"
-    if name == "ds-zero":
-        if dtype == "int8":
-            return "dtype=int8: ZeRO-3 inference has no int8 weights (allowed: fp32, bf16, fp16)"
-        return None
-    # ds-inference
-    if offload != "none":
-        return (f"offload={offload}: DeepSpeed-Inference keeps all weights on the GPUs (tensor parallel), "
-                "no offload (allowed: offload=none; offload is ds-zero's or accelerate's)")
-    mode = kernel_inject_mode(config)
-    if mode not in KERNEL_INJECT:
-        return f"backend.kernel_inject={config['backend']['kernel_inject']}: allowed: {', '.join(KERNEL_INJECT)}"
-    gpu = config["num_gpus"] > 0
-    arch = model_type(config)
-    refused = arch == "bloom" and bloom_kernels_refused(stack)
-    refusal = (f"DeepSpeed refuses BLOOM kernel injection on transformers {stack.versions.get('transformers')} "
-               "(> 4.43.4; use a stack with transformers 4.43.4, see README)")
-    kernels = mode == "true" or (mode == "auto" and gpu and not refused)
-    if mode == "true" and not gpu:
-        return "backend.kernel_inject=true: DeepSpeed's fused inference kernels need a CUDA GPU (num_gpus=0)"
-    if mode == "true" and refused:
-        return f"backend.kernel_inject=true: {refusal}"
-    if dtype == "int8":
-        if _version_tuple(stack.versions.get("deepspeed"), 3) >= DS_INT8_GATE_FROM:
-            return (f"dtype=int8: DeepSpeed {stack.versions['deepspeed']} rejects int8 in init_inference on every "
-                    "accelerator (deepspeedai/DeepSpeed#8577, since 0.15.2; allowed: fp16, bf16, fp32)")
-        if not gpu:
-            return "dtype=int8: DeepSpeed-Inference int8 needs its fused CUDA kernels (num_gpus=0)"
-        if refused:
-            return f"dtype=int8: DeepSpeed-Inference int8 needs kernel injection, and {refusal}"
-        if not kernels:
-            return "dtype=int8: DeepSpeed-Inference int8 needs kernel injection; AutoTP has no int8 (kernel_inject=false)"
-    if config["backend"]["pre_sharded"] and dtype == "int8":
-        return "backend.pre_sharded=true: not with dtype=int8 (the runner writes fp16/bf16 shards only)"
-    if config["backend"]["cuda_graph"]:
-        if not gpu:
-            return "backend.cuda_graph=true: CUDA graphs need a GPU (num_gpus=0)"
-        if config["num_gpus"] > 1:
-            return "backend.cuda_graph=true: DeepSpeed does not support CUDA graphs with tensor parallelism (num_gpus > 1)"
-        if not kernels:
-            return ("backend.cuda_graph=true: DeepSpeed captures graphs only in kernel-injected layers "
-                    "(kernel_inject=false, or auto resolving to AutoTP here)")
-        if arch == "bloom":
-            return "backend.cuda_graph=true: DeepSpeed refuses enable_cuda_graph with BLOOM kernel injection"
-    return None
-
-
-def _dtype(config: dict, stack: Stack) -> str | None:
-    if config["dtype"]["name"] != "int8" or config["backend"]["name"] != "accelerate":  # ds: _deepspeed
-        return None
-    if not stack.has("bitsandbytes"):
-        return f"dtype=int8: bitsandbytes is not installed in stack {stack.python}"
-    if config["num_gpus"] == 0:
-        return "dtype=int8: bitsandbytes LLM.int8() needs a CUDA GPU (num_gpus=0)"
-    if config["offload"]["name"] != "none":
-        return f"dtype=int8: not combined with offload={config['offload']['name']} (allowed: offload=none)"
-    return None
+    if not spec.multi_rank and config["num_gpus"] == 0 and config["cpu_ranks"] != 1:
+        return f"cpu_ranks={config['cpu_ranks']}: backend={name} runs one process (allowed: cpu_ranks=1)"
+    return spec.validate(config, stack)
 
 
 def _offload(config: dict) -> str | None:
     offload = config["offload"]
-    # ZeRO's parameter offload is its own code path (partitioned params swapped in per layer): allowed
-    # on the CPU too, where it is a functional test of that path rather than a meaningful measurement.
-    if offload["name"] == "cpu" and config["num_gpus"] == 0 and config["backend"]["name"] != "ds-zero":
-        return "offload=cpu: needs a GPU to offload from (num_gpus=0 already runs on the CPU)"
     if offload["name"] == "nvme":
         path = offload["path"]
         allowed = "(allowed: an existing writable directory)"
@@ -259,4 +150,4 @@ def _fits(config: dict, gpus: tuple) -> str | None:
 def invalid_reason(config: dict, stack: Stack, gpus: tuple) -> str | None:
     """Why the job described by the resolved `config` cannot run on `stack` and `gpus`, or None."""
     return (_positive(config) or nodes_reason(config) or _gpus(config, gpus) or _backend(config, stack)
-            or _dtype(config, stack) or _offload(config) or _model(config) or _fits(config, gpus))
+            or _offload(config) or _model(config) or _fits(config, gpus))

@@ -43,9 +43,9 @@ def history_of(cache: Path) -> Path:
 
 
 def run_runner(args: list, cache: Path, timeout: float = 300, history: Path | None = None,
-               **kw) -> subprocess.CompletedProcess:
+               env_extra: dict | None = None, **kw) -> subprocess.CompletedProcess:
     env = {"INFERSWEEP_HISTORY": str(history_of(cache)), **os.environ, "INFERSWEEP_CACHE": str(cache),
-           "CUDA_VISIBLE_DEVICES": ""}
+           "CUDA_VISIBLE_DEVICES": "", **(env_extra or {})}
     if history is not None:
         env["INFERSWEEP_HISTORY"] = str(history)
     return subprocess.run([sys.executable, "-m", "runner", *args], cwd=ROOT, env=env, check=False,

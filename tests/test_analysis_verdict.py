@@ -11,7 +11,7 @@ import pytest
 
 from analysis.compare import compare
 from analysis.results import frame
-from runner.result import write_result
+from core.jobdir import RESULT_FILE, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH_SIZES = (1, 8, 64)
@@ -72,7 +72,7 @@ def write_sweep(root: Path, results: list) -> Path:
     sweep_dir = root / results[0]["run_id"]
     for r in results:
         (sweep_dir / str(r["job"])).mkdir(parents=True)
-        write_result(sweep_dir / str(r["job"]), r)
+        write_json(sweep_dir / str(r["job"]) / RESULT_FILE, r)
     return sweep_dir
 
 

@@ -1,4 +1,4 @@
-"""SLURM through Hydra's submitit launcher, and multi-node DeepSpeed (runner/cluster.py,
+"""SLURM through Hydra's submitit launcher, and multi-node DeepSpeed (runner/slurm.py, runner/multinode.py,
 hydra_plugins/infersweep_launcher). No SLURM here: submitit's local executor runs the same path end to
 end; the sbatch script and the multi-node deepspeed command lines are generated and checked; two runner
 processes with a SLURM step's environment play the two nodes of a real (CPU, gloo) multi-node job."""
@@ -18,9 +18,10 @@ pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
 from hydra import compose, initialize_config_dir
 
 from hydra_plugins.infersweep_launcher.launcher import job_launch_params, sbatch_script
-from runner import cluster
+from backends import lookup
+from runner import multinode
 from runner.config import register_configs
-from runner.launch import deepspeed_command
+from runner.launch import launcher_command
 
 register_configs()
 SLURM_ENV = ("SLURM_JOB_ID", "SLURM_JOB_NODELIST", "SLURM_STEP_NODELIST", "SLURM_STEP_NUM_NODES", "SLURM_NODEID")
@@ -201,9 +202,9 @@ def test_two_nodes_of_eight_gpus_under_slurm(monkeypatch, tmp_path, backend):
         _slurm_step(monkeypatch, tmp_path, node)
         job_dir = tmp_path / f"node{node}"
         job_dir.mkdir()
-        cmds[node] = _runner_args(deepspeed_command(config, sys.executable, job_dir, tuple(map(str, range(8)))))
+        cmds[node] = _runner_args(launcher_command(config, sys.executable, job_dir, tuple(map(str, range(8)))))
         assert (job_dir / "hostfile").read_text() == "gpu-a07 slots=8\ngpu-a08 slots=8\n"
-        assert cluster.nodes_reason(config) is None
+        assert multinode.nodes_reason(config) is None
     for node, args in cmds.items():
         assert _flag(args, "--hostfile") == str(tmp_path / f"node{node}" / "hostfile")
         assert (_flag(args, "--num_nodes"), _flag(args, "--num_gpus")) == ("2", "8")
@@ -213,7 +214,7 @@ def test_two_nodes_of_eight_gpus_under_slurm(monkeypatch, tmp_path, backend):
         assert "--include" not in args and args[-2:] == ["backends.worker", str(tmp_path / f"node{node}")]
         world = _deepspeed_world(args)
         assert world == {"gpu-a07": list(range(8)), "gpu-a08": list(range(8))}
-        assert sum(map(len, world.values())) == 16 == cluster.world_size(config)
+        assert sum(map(len, world.values())) == 16 == lookup(config["backend"]["name"]).world_size(config)
 
 
 def test_user_hostfile_outside_slurm_launches_through_pdsh(tmp_path):
@@ -223,19 +224,19 @@ def test_user_hostfile_outside_slurm_launches_through_pdsh(tmp_path):
     hostfile.write_text("# our boxes\nbox1 slots=16\nbox2 slots=16\nbox3 slots=16\n")
     config = job_config(compose_job(["backend=ds-zero", "num_nodes=2", "num_gpus=8", "dtype=bf16",
                                      f"cluster.hostfile={hostfile}", "cluster.master_port=29600"], tmp_path))
-    args = _runner_args(deepspeed_command(config, sys.executable, tmp_path, tuple(map(str, range(8)))))
+    args = _runner_args(launcher_command(config, sys.executable, tmp_path, tuple(map(str, range(8)))))
     assert _flag(args, "--hostfile") == str(hostfile) and not (tmp_path / "hostfile").exists()
     assert (_flag(args, "--master_addr"), _flag(args, "--master_port")) == ("box1", "29600")
     assert _flag(args, "--launcher") == "pdsh" and "--no_ssh" not in args
     world = _deepspeed_world(args)
     assert world == {"box1": list(range(8)), "box2": list(range(8))}
-    assert cluster.world_size(config) == 16
+    assert lookup(config["backend"]["name"]).world_size(config) == 16
 
 
 def test_one_node_command_is_unchanged(tmp_path, monkeypatch):
     _slurm_step(monkeypatch, tmp_path, 0)
     config = job_config(compose_job(["backend=ds-inference", "num_gpus=8"], tmp_path))
-    args = _runner_args(deepspeed_command(config, sys.executable, tmp_path, tuple(map(str, range(8)))))
+    args = _runner_args(launcher_command(config, sys.executable, tmp_path, tuple(map(str, range(8)))))
     assert _flag(args, "--num_gpus") == "8" and "--hostfile" not in args and "--num_nodes" not in args
 
 
@@ -246,7 +247,7 @@ def test_one_node_command_is_unchanged(tmp_path, monkeypatch):
     ("single", ["single"]),
 ])
 def test_slurm_nodelist_expansion(nodelist, hosts):
-    assert cluster.expand_nodelist(nodelist) == hosts
+    assert multinode.expand_nodelist(nodelist) == hosts
     from submitit.slurm.slurm import _parse_node_list  # submitit's own parser agrees
 
     assert _parse_node_list(nodelist) == hosts
@@ -266,5 +267,5 @@ def test_multinode_validation(tmp_path, overrides, words):
     hostfile = tmp_path / "hosts"
     hostfile.write_text("a slots=8\nb slots=16\n")
     overrides = [o.replace("HOSTS", str(hostfile)) for o in overrides]
-    reason = cluster.nodes_reason(job_config(compose_job(overrides, tmp_path)))
+    reason = multinode.nodes_reason(job_config(compose_job(overrides, tmp_path)))
     assert reason and all(w in reason for w in words), reason

@@ -114,7 +114,7 @@ def test_zero3_config_is_what_deepspeed_accepts():
     from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
     from transformers import BloomConfig
 
-    from backends.ds_zero import zero3_config
+    from backends.ds_zero.backend import zero3_config
 
     hf = BloomConfig(hidden_size=64, n_layer=2, n_head=4, vocab_size=1024)
     cfg = zero3_config(config("backend=ds-zero", "offload=nvme", "offload.path=/tmp", "dtype=bf16"), hf, 2, "/tmp/x")
@@ -321,7 +321,7 @@ def test_kernel_path_checkpoint_json(tmp_path):
     from safetensors.torch import load_file
     from transformers import AutoConfig
 
-    from backends.ds_inference import DSInferenceBackend
+    from backends.ds_inference.backend import DSInferenceBackend
 
     ckpt = _tiny_checkpoint(tmp_path)
     backend = DSInferenceBackend(config("backend=ds-inference", f"cache_dir={tmp_path / 'cache'}"), str(ckpt))
@@ -337,7 +337,7 @@ def test_kernel_path_checkpoint_json(tmp_path):
 def test_kernel_path_choice(tmp_path):
     from transformers import AutoConfig, MistralConfig
 
-    from backends.ds_inference import DSInferenceBackend, kernel_policy_matches
+    from backends.ds_inference.backend import DSInferenceBackend, kernel_policy_matches
 
     ckpt = _tiny_checkpoint(tmp_path)
     backend = DSInferenceBackend(config("backend=ds-inference", num_gpus=1), str(ckpt))
@@ -388,7 +388,7 @@ def test_pre_sharded_reload_recasts_deepspeed_fp32_head():
     import torch
     from deepspeed.module_inject.layers import LinearLayer
 
-    from backends.ds_inference import DSInferenceBackend
+    from backends.ds_inference.backend import DSInferenceBackend
 
     head = LinearLayer.from_weights(weight_shape=(8, 4), dtype=torch.float16)
     assert head.weight.dtype == torch.float32  # DeepSpeed's behaviour: if this fails, it was fixed upstream
@@ -405,7 +405,7 @@ def test_pre_sharded_head_slices_joined(tmp_path):
     import torch
     from deepspeed.module_inject.auto_tp import ReplaceWithTensorSlicing
 
-    from backends.ds_inference import join_head_slices
+    from backends.ds_inference.backend import join_head_slices
 
     head = torch.arange(48, dtype=torch.float16).reshape(6, 8)
     slices = head[:, :4], head[:, 4:]  # LmHeadLinearAllreduce's cut of the input columns over 2 ranks

@@ -18,7 +18,7 @@ import psutil
 import pytest
 from conftest import ROOT, history_of, results, run_runner
 
-from runner.job import failure_reason, signal_death
+from runner.failure import failure_reason, signal_death
 
 WORKER = "backends.worker"
 SMALL = ["new_tokens=8", "repeats=2", "prompt_tokens=4"]
@@ -302,7 +302,8 @@ def test_resume_keeps_by_status_and_rerun_forces(tmp_path, cache_dir):
     assert rerun("rerun=none") == [False, False]
     assert rerun("rerun=failed") == [True, True]
     # Job 0 as a run that measured it would have left it (a real ok needs a model load: see the Ctrl-C test).
-    ok = {**json.loads(paths[0].read_text()), "status": "ok", "reason": ""}
+    ok = {**json.loads(paths[0].read_text()), "status": "ok", "reason": "", "ms_per_token": 1.0,
+          "generate_s": [0.1], "load_s": 1.0}
     paths[0].write_text(json.dumps(ok))
     assert rerun() == [False, True]
     assert rerun("rerun=all") == [True, True]

@@ -164,7 +164,7 @@ def config(*overrides: str) -> dict:
     (["batch_size=max", "new_tokens=0"], "new_tokens=0: must be > 0"),
     (["batch_size=max", "backend=ds-inference", "cpu_ranks=2", "dtype=fp32"],
      ("batch_size=max: the search runs in one process (an out-of-memory on one rank of several cannot be "
-      "retried; allowed with one GPU or cpu_ranks=1, or backend=accelerate)")),
+      "retried; allowed with one GPU or cpu_ranks=1, or a one-process backend)")),
 ])
 def test_batch_size_is_a_positive_int_or_max(overrides, expected):
     assert invalid_reason(config(*overrides), STACK, ()) == expected

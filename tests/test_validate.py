@@ -187,12 +187,13 @@ def test_progress_eta_takes_the_median_job(tmp_path, monkeypatch, capsys):
     to every job left, nor count a result kept from an earlier run as a job that took no time."""
     from types import SimpleNamespace
 
+    from core.jobdir import Result
     from runner import progress
 
     clock = [1000.0]
     monkeypatch.setattr(progress, "time", SimpleNamespace(time=lambda: clock[0]))
     monkeypatch.setattr(progress, "_job_seconds", [])
-    result = {"config": config(), "status": "ok"}
+    result = Result(run_id="r", job=0, timestamp="", config=config(), status="ok", reason="", log="")
     for index, seconds in enumerate([60, 5, 5]):  # worker start + load + measure, then two batch sizes
         job = progress.Progress(index, 10, 1000.0, tmp_path, "job")
         clock[0] += seconds

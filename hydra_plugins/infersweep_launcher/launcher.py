@@ -7,7 +7,7 @@ pickled Hydra job, same `.submitit/` folder under the sweep dir) with three chan
 * resources per job: Hydra resolves `hydra.launcher` once, against the sweep's base config, so a sweep
   over num_gpus=1,8 would get one GPU count for all. Here every job's launcher config is resolved
   against that job's own config (its overrides applied), through the `infersweep.*` resolvers of
-  runner/cluster.py; jobs that need the same resources go to SLURM as one array.
+  runner/slurm.py; jobs that need the same resources go to SLURM as one array.
 * one job at a time by default (`cluster.array_parallelism`, 1): an array's `%1`, and the arrays of a
   sweep chained with `--dependency=afterany:` so that no two of its jobs run at once. The local
   executor starts every job at once; here at most array_parallelism run together.
@@ -28,7 +28,7 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from omegaconf import OmegaConf, open_dict
 
-import runner.cluster  # noqa: F401 -- the infersweep.* resolvers, the warning filter
+import runner.slurm  # noqa: F401 -- the infersweep.* resolvers, the warning filter
 
 try:
     from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
@@ -121,13 +121,13 @@ if BaseSubmititLauncher is not None:
         def _finish(self, job: tuple, handle, sweep_dir: Path, done: int, total: int) -> JobReturn:
             """A job that is done: its JobReturn, and a line for it on the submitting process's stderr
             (the jobs run in other processes, whose own progress lines go to submitit's log files)."""
+            from core.jobdir import CorruptResult, read_result
             from runner.progress import result_line
-            from runner.result import read_result
 
             ret = self._job_return(job, handle, sweep_dir)
             try:
                 result = read_result(job[3])
-            except ValueError as e:
+            except CorruptResult as e:
                 result, line = None, str(e)
             if ret.status != JobStatus.COMPLETED:
                 line = f"failed: {ret._return_value!r}"
@@ -146,11 +146,11 @@ if BaseSubmititLauncher is not None:
                 return handle.results()[0]
             except Exception as e:  # noqa: BLE001 -- the sweep goes on, the job's failure is its result
                 error = e
-            from runner.result import new_result, read_result, write_result
+            from core.jobdir import CorruptResult, Job, new_result, read_result, read_sweep, write_result
 
             try:
                 result = read_result(job_dir)
-            except ValueError:
+            except CorruptResult:
                 result = None
             if result is None:
                 state = getattr(handle, "state", "UNKNOWN")
@@ -162,10 +162,9 @@ if BaseSubmititLauncher is not None:
                 else:
                     status, reason = "error", f"{self._EXECUTOR} job {handle.job_id} ended without a result ({state}): {last}"
                 job_dir.mkdir(parents=True, exist_ok=True)
-                info = sweep_dir / "sweep.json"
-                run_id = json.loads(info.read_text()).get("run_id", "") if info.exists() else ""
-                result = new_result({"run_id": run_id, "job": idx, "config": config,
-                                     "log": str(handle.paths.stderr)}, status, reason)
+                job = Job(run_id=read_sweep(sweep_dir).get("run_id", ""), job=idx, config=config,
+                          log=str(handle.paths.stderr), job_dir=str(job_dir), sweep_dir=str(sweep_dir))
+                result = new_result(job, status, reason)
                 write_result(job_dir, result)
             return JobReturn(overrides=overrides, working_dir=str(job_dir), task_name="runner",
                              status=JobStatus.COMPLETED, _return_value=result)

@@ -25,14 +25,14 @@ from pathlib import Path
 
 import deepspeed  # at import time: before the worker caps host memory (host_mem_limit_gib)
 import torch
+import transformers
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from backends.ds_common import barrier, device, global_rank, init_distributed, world_size
-from backends.hf import TORCH_DTYPE, dtype_kwargs, greedy_generate, transformers_version
+from backends.ds_inference.spec import kernel_path
+from backends.hf import TORCH_DTYPE, dtype_kwargs, greedy_generate
 from backends.synthetic import cache_root, check_free_space
-
-# DeepSpeed's BLOOM container refuses transformers newer than this (module_inject/containers/bloom.py).
-BLOOM_KERNEL_MAX_TRANSFORMERS = (4, 43)
+from core.jobdir import write_json
 
 
 def kernel_policy_matches(model: torch.nn.Module) -> bool:
@@ -90,6 +90,7 @@ class DSInferenceBackend:
         self.engine = None
         self.hf_config = None
         self.world = world_size()
+        self.tp_size = self.world  # the roofline counts the weights one rank holds
         self.dtype = TORCH_DTYPE[config["dtype"]["name"]]
         self.ds_dtype = torch.int8 if config["dtype"]["name"] == "int8" else self.dtype
         self.kernels = False
@@ -105,22 +106,9 @@ class DSInferenceBackend:
             return AutoModelForCausalLM.from_config(self.hf_config, **dtype_kwargs(self.dtype))
 
     def _choose_path(self) -> tuple:
-        """(use kernel injection?, why)."""
-        mode = str(self.config["backend"]["kernel_inject"]).strip().lower()
-        if mode == "false":
-            return False, "kernel_inject=false"
-        if mode == "true":
-            return True, "kernel_inject=true"
-        if self.config["num_gpus"] == 0:
-            return False, "auto: no GPU (DeepSpeed's fused kernels are CUDA only)"
-        version = ".".join(map(str, transformers_version()))
-        if self.hf_config.model_type == "bloom" and transformers_version() > BLOOM_KERNEL_MAX_TRANSFORMERS:
-            return False, f"auto: DeepSpeed refuses BLOOM kernel injection on transformers {version} (> 4.43.4)"
-        if transformers_version() >= (5, 0):
-            return False, f"auto: DeepSpeed's kernel containers target transformers 4.x modelling code ({version})"
-        if not kernel_policy_matches(self._meta_model()):
-            return False, f"auto: no DeepSpeed kernel policy for model_type={self.hf_config.model_type}"
-        return True, f"auto: DeepSpeed kernel policy for model_type={self.hf_config.model_type}"
+        """(use kernel injection?, why): backends/ds_inference/spec.py decides, as validation did."""
+        return kernel_path(self.config, self.hf_config.model_type, transformers.__version__,
+                           policy_matches=lambda: kernel_policy_matches(self._meta_model()))
 
     # -- files written once ----------------------------------------------------------------------
 
@@ -168,9 +156,7 @@ class DSInferenceBackend:
         path = cache_root(self.config) / "ds-inference" / f"{self._cache_key()}-checkpoints.json"
         if global_rank() == 0:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}")
-            tmp.write_text(json.dumps({"type": kind, "checkpoints": files, "version": 1.0}))
-            os.replace(tmp, path)
+            write_json(path, {"type": kind, "checkpoints": files, "version": 1.0})
         barrier()
         return path
 
@@ -228,7 +214,7 @@ class DSInferenceBackend:
         buffers = {k: v.detach().cpu() for k, v in model.named_buffers(remove_duplicate=False) if k not in state}
         torch.save({"state": state, "buffers": buffers}, tmp / f"rank{global_rank():03d}.pt")
         if global_rank() == 0:
-            (tmp / "meta.json").write_text(json.dumps({"tp_size": self.world, "dtype": str(self.dtype)}))
+            write_json(tmp / "meta.json", {"tp_size": self.world, "dtype": str(self.dtype)})
 
     # -- DeepSpeed ---------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from backends.hf import TORCH_DTYPE, dtype_kwargs, greedy_generate
 
 class AccelerateBackend:
     streams = 1
+    tp_size = 1
 
     def __init__(self, config: dict, checkpoint: str):
         self.config, self.checkpoint = config, checkpoint

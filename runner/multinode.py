@@ -1,13 +1,6 @@
-"""Clusters: a job's SLURM resources, and DeepSpeed over several nodes.
-
-Two halves, both torch-free and submitit-free (the submitit launchers live in
-hydra_plugins/infersweep_launcher and call in here):
-
-* resources: the `infersweep.*` resolvers that conf/hydra/launcher/{slurm,local}.yaml use to derive
-  each job's nodes, GPUs, CPUs, memory and time limit from that job's own config;
-* multi-node: the hostfile (from SLURM's node list, or the user's `cluster.hostfile`), master address and
-  port, and the arguments that turn `deepspeed.launcher.runner --num_gpus N` into a launch over
-  `num_nodes` nodes, world size num_nodes x ranks per node.
+"""DeepSpeed over several nodes: the hostfile (from SLURM's node list, or the user's `cluster.hostfile`),
+master address and port, and the arguments that turn `deepspeed.launcher.runner --num_gpus N` into a launch
+over `num_nodes` nodes, world size num_nodes x ranks per node.
 
 Two ways to start the ranks of a multi-node job (`cluster.multinode`):
 
@@ -21,96 +14,21 @@ Two ways to start the ranks of a multi-node job (`cluster.multinode`):
 `auto` picks per_node inside an srun step that spans exactly num_nodes nodes, pdsh otherwise (an salloc
 shell, or a user hostfile outside SLURM).
 """
-import functools
 import json
-import math
 import os
 import re
 import shutil
 import subprocess
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from backends import lookup, specs
+from core.jobdir import atomic_write, write_json
 
 HOSTFILE = "hostfile"
 MULTINODE_MODES = ("auto", "per_node", "pdsh")
 DS_DEFAULT_PORT = 29500
-
-
-@dataclass
-class ClusterConfig:
-    # sbatch's --partition, --account, --qos (null: the cluster's defaults).
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    # CPUs per task (one task per node): null derives cpus_per_rank x ranks per node.
-    cpus: int | None = None
-    cpus_per_rank: int = 8
-    # Host memory per node in GB: null asks for the whole node's (--mem=0) when exclusive, else sets none.
-    mem_gb: int | None = None
-    # SLURM time limit = timeout_s + this margin (interpreter start, probe, synthetic checkpoint build).
-    time_margin_min: int = 10
-    # Jobs of the sweep that run at the same time. 1 (default): one after another, since concurrent jobs on
-    # one node corrupt each other's timings; raise it for CPU-only or functional sweeps.
-    array_parallelism: int = 1
-    # --exclusive: nobody else's job on the nodes while one of ours measures.
-    exclusive: bool = True
-    # Multi-node DeepSpeed: an MPI-style hostfile ("host slots=N" per line); null: SLURM's node list.
-    hostfile: str | None = None
-    # null: the first host; master_port null: derived from SLURM_JOB_ID (same on every node), else 29500.
-    master_addr: str | None = None
-    master_port: int | None = None
-    # auto | per_node | pdsh (see the module docstring).
-    multinode: str = "auto"
-
-
-# ---------------------------------------------------------------------------------------------------
-# Resources: resolvers for the launcher configs
-
-
-def ranks_per_node(num_gpus: int | None, cpu_ranks: int, backend: str) -> int:
-    """Processes a job starts on each node: one per GPU for DeepSpeed, cpu_ranks on the CPU; Accelerate
-    runs one process whatever the GPU count."""
-    if backend == "accelerate":
-        return 1
-    return num_gpus or cpu_ranks
-
-
-def gpus_per_node(num_gpus: int | None) -> int | None:
-    """GPUs to ask SLURM for. num_gpus=null (resolved on the node) asks for none: set it on a cluster."""
-    return num_gpus or None
-
-
-def cpus_per_task(cpus: int | None, cpus_per_rank: int, num_gpus: int | None, cpu_ranks: int) -> int:
-    return cpus or cpus_per_rank * max(1, num_gpus or cpu_ranks)
-
-
-def mem_gb(mem: int | None, exclusive: bool) -> int | None:
-    if mem is not None:
-        return mem
-    return 0 if exclusive else None
-
-
-def timeout_min(timeout_s: float, margin_min: int) -> int:
-    return math.ceil(float(timeout_s) / 60) + int(margin_min)
-
-
-def register_resolvers() -> None:
-    for name, fn in (("gpus_per_node", gpus_per_node), ("cpus", cpus_per_task), ("mem_gb", mem_gb),
-                     ("timeout_min", timeout_min)):
-        OmegaConf.register_new_resolver(f"infersweep.{name}", fn, replace=True)
-
-
-register_resolvers()
-
-# conf/hydra/launcher/submitit_{slurm,local}.yaml carry the plugin's own names, so that
-# `hydra/launcher=submitit_slurm` is ours; Hydra merges them onto the plugin's schema of the same name and
-# warns that such matching is deprecated. It is how Hydra 1.3 works (pyproject pins hydra-core 1.3.*).
-warnings.filterwarnings("ignore", category=UserWarning,
-                        message=r"\s*'hydra/launcher/submitit_(slurm|local)' is validated against ConfigStore")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -181,7 +99,7 @@ class Nodes:
 
 
 def _ranks(config: dict) -> int:
-    return ranks_per_node(config["num_gpus"], config["cpu_ranks"], config["backend"]["name"])
+    return lookup(config["backend"]["name"]).ranks_per_node(config)
 
 
 def _mode(config: dict) -> str:
@@ -229,9 +147,7 @@ def nodes(config: dict) -> Nodes | None:
 def write_hostfile(job_dir: Path, hosts: tuple) -> Path:
     """job_dir/hostfile, written atomically (every node's runner writes the same content)."""
     path = Path(job_dir) / HOSTFILE
-    tmp = path.with_name(f".{HOSTFILE}.{os.getpid()}")
-    tmp.write_text("".join(f"{host} slots={slots}\n" for host, slots in hosts))
-    os.replace(tmp, path)
+    atomic_write(path, "".join(f"{host} slots={slots}\n" for host, slots in hosts))
     return path
 
 
@@ -252,10 +168,6 @@ def deepspeed_args(config: dict, job_dir: Path) -> list | None:
     return args
 
 
-def world_size(config: dict) -> int:
-    return config.get("num_nodes", 1) * _ranks(config)
-
-
 # ---------------------------------------------------------------------------------------------------
 # Validation
 
@@ -270,9 +182,10 @@ def nodes_reason(config: dict) -> str | None:
     if num_nodes == 1:
         return None
     backend = config["backend"]["name"]
-    if backend not in ("ds-inference", "ds-zero"):
-        return (f"num_nodes={num_nodes}: backend={backend} runs one process on one machine "
-                "(multi-node needs backend=ds-inference or ds-zero)")
+    if not lookup(backend).multinode:
+        allowed = ", ".join(s.name for s in specs() if s.multinode)
+        return (f"num_nodes={num_nodes}: backend={backend} runs on one machine "
+                f"(multi-node needs backend={allowed or 'one that supports it'})")
     if not config["isolate"]:
         return f"isolate=false: a shared worker runs on one node (num_nodes={num_nodes} needs isolate=true)"
     try:
@@ -306,15 +219,7 @@ def release(config: dict, job_dir: Path, launch: bool) -> None:
     invalid or failed before launching). The first call wins; later calls change nothing."""
     if not is_multinode(config):
         return
-    path = _ready_file(job_dir)
-    tmp = path.with_name(path.name + f".{os.getpid()}")
-    tmp.write_text(json.dumps({"launch": launch}))
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        pass
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_json(_ready_file(job_dir), {"launch": launch}, exclusive=True)
 
 
 def wait_for_release(job_dir: Path, timeout_s: float, poll_s: float = 0.5) -> bool:
@@ -328,50 +233,3 @@ def wait_for_release(job_dir: Path, timeout_s: float, poll_s: float = 0.5) -> bo
                 pass  # being written: os.link makes it whole, but a shared file system may lag
         time.sleep(poll_s)
     return False
-
-
-def multinode_job(run_job):
-    """Decorates runner.job.run_job. On a follower node: start this node's ranks instead of running the
-    job. On the first node: whatever way the job ends (invalid, kept from an earlier run, failed before
-    launching, or done), release the followers so that none waits in vain."""
-    @functools.wraps(run_job)
-    def wrapper(cfg):
-        from hydra.core.hydra_config import HydraConfig
-
-        from runner.job import resolve
-
-        config = resolve(cfg)
-        if not is_multinode(config):
-            return run_job(cfg)
-        job_dir = Path(HydraConfig.get().runtime.output_dir)
-        if follower(config):
-            job_dir.mkdir(parents=True, exist_ok=True)
-            return follow(config, job_dir)
-        try:
-            return run_job(cfg)
-        finally:
-            release(config, job_dir, launch=False)
-    return wrapper
-
-
-def follow(config: dict, job_dir: Path) -> dict:
-    """A follower node's runner: once the first node says go, start this node's ranks under the job's
-    timeout, their output in job.node<K>.log. Writes no result: a rank that fails here claims result.json
-    itself (backends/worker.py), and the first node's runner reports everything else."""
-    from backends.synthetic import checkpoint_ready
-    from runner.launch import launcher_command, run_process
-    from runner.stack import interpreter, visible_gpus
-
-    node_rank = int(os.environ.get("SLURM_NODEID") or 0)
-    log_path = Path(job_dir) / f"job.node{node_rank}.log"
-    # the first node may build the synthetic checkpoint (up to timeout_s) before it launches
-    if not wait_for_release(job_dir, 2 * config["timeout_s"] + 300):
-        with open(log_path, "a") as log:
-            log.write("the first node did not launch the job (invalid, failed before launch, or no word)\n")
-        return {"status": "skipped", "node_rank": node_rank}
-    python = interpreter(config["stack"])
-    if config["model"]["source"] == "synthetic" and not checkpoint_ready(config):  # a node-local cache_dir
-        run_process([python, "-m", "backends.synthetic", str(job_dir)], log_path, config["timeout_s"])
-    rc = run_process(launcher_command(config, python, Path(job_dir), visible_gpus()), log_path,
-                     config["timeout_s"])
-    return {"status": "launched", "node_rank": node_rank, "exit_code": rc}

@@ -65,6 +65,7 @@ class DSZeroBackend:
         self.config, self.checkpoint = config, checkpoint
         self.world = world_size()
         self.streams = self.world  # one distinct stream per rank
+        self.tp_size = 1  # every rank holds (gathers) the whole model
         self.dtype = TORCH_DTYPE[config["dtype"]["name"]]
         self.model = None
         self.engine = None
