@@ -1,25 +1,56 @@
-"""The report of one or many sweeps: the seed's tables (text, CSV, Markdown), charts (PNG, SVG) and one
-self-contained HTML page with the tables and the PNG charts embedded."""
+"""The report of one or many sweeps: the seed's tables (text, CSV, Markdown), charts (PNG, SVG), report.md and
+one self-contained HTML page with the tables and the PNG charts embedded.
+
+The page's sections come in the order a reader asks: what was run (the command, what varied and what stayed
+fixed, the hardware, versions and measured ceilings, each row's colour), then the fastest row per batch size,
+latency, throughput, load time, memory, the roofline, and the jobs that did not end ok. Every number shown is
+read from the results."""
 import base64
 import html
+import json
 import re
+import shlex
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
+import yaml
 from matplotlib.figure import Figure
 
 from analysis import charts
-from analysis.results import VERSIONS, sweep_summary
-from analysis.tables import groups, load_table, max_batch_table, roofline_table, row_labels, seed_table
+from analysis.results import sweep_summary
+from analysis.tables import (
+    groups,
+    load_stats,
+    load_table,
+    max_batch_table,
+    roofline_table,
+    row_labels,
+    seed_table,
+)
+from core.jobdir import LIBRARIES, SWEEP_FILE, option_text, read_sweep
+
+SECTIONS = ("What was run", "Fastest per batch size", "Latency: ms per token",
+            "Throughput: tokens per second", "Load time", "Memory", "Roofline", "Jobs that did not end ok")
+CORNER = "backend dtype \\ batch size"
 
 STYLE = """
-body { font-family: system-ui, sans-serif; max-width: 1000px; margin: 2em auto; padding: 0 1em; color: #222; }
-h1 { margin-bottom: 0.2em; } h2 { margin-top: 2em; border-bottom: 1px solid #ddd; }
-table { border-collapse: collapse; margin: 0.8em 0; font-variant-numeric: tabular-nums; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.7em; text-align: right; }
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222;
+       line-height: 1.4; }
+h1 { margin-bottom: 0.2em; } h2 { margin-top: 2.2em; border-bottom: 1px solid #ddd; }
+h3 { margin-top: 1.6em; }
+nav a { margin-right: 1em; white-space: nowrap; }
+.scroll { overflow-x: auto; margin: 0.8em 0; }
+table { border-collapse: collapse; font-variant-numeric: tabular-nums; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.7em; text-align: right; vertical-align: top; }
 th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; white-space: nowrap; }
-td.failed { color: #b00; font-weight: 600; } table.text td, table.text th { text-align: left; }
-img { max-width: 100%; display: block; margin: 0.5em 0 1.5em; }
+td.failed { color: #b00; font-weight: 600; } table:not(.text) td { white-space: nowrap; }
+table.text td, table.text th, td:has(.swatch) { text-align: left; } td:has(.swatch) { white-space: nowrap; }
+figure { margin: 1em 0 2.2em; } figure img { max-width: 100%; height: auto; display: block; }
+figcaption { color: #555; font-size: 0.9em; max-width: 60em; }
+p.keys code { white-space: nowrap; margin-right: 0.9em; line-height: 1.9; }
+.swatch { display: inline-block; width: 0.9em; height: 0.9em; border-radius: 2px; margin-right: 0.45em;
+          vertical-align: -0.1em; }
 p.note { color: #555; }
 """
 
@@ -28,105 +59,394 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def _html_table(table: pd.DataFrame, index: bool = True, text: bool = False) -> str:
-    """A table as HTML, where a cell holding a status word (no number) is shown as a failure; numbers are
-    right-aligned unless the table is `text`."""
-    out = table.to_html(index=index, border=0, na_rep="", classes="text" if text else None)
-    return re.sub(r"<td>(oom|error|timeout|invalid)</td>", r'<td class="failed">\1</td>', out)
+class Page:
+    """report.md and report.html as they are built, section by section, with every table and chart also
+    written as files under `out`."""
+
+    def __init__(self, out: Path, colors: dict[str, str]):
+        self.out, self.colors = out, colors
+        self.md: list[str] = ["# infersweep report"]
+        self.html: list[str] = []
+
+    def section(self, title: str) -> None:
+        if self.html:
+            self.html.append("</section>")
+        self.md += ["", f"## {title}"]
+        self.html.append(f"<section id='{_slug(title)}'><h2>{html.escape(title)}</h2>")
+
+    def heading(self, text: str) -> None:
+        self.md += ["", f"### {text}"]
+        self.html.append(f"<h3>{html.escape(text)}</h3>")
+
+    def note(self, text: str) -> None:
+        self.md += ["", text]
+        self.html.append(f"<p class='note'>{html.escape(text)}</p>")
+
+    def raw(self, md: str, page: str) -> None:
+        self.md += ["", md]
+        self.html.append(page)
+
+    def table(self, table: pd.DataFrame, index: bool = True, text: bool = False) -> None:
+        """A table on the page only (no files)."""
+        self.md += ["", table.to_markdown(index=index, disable_numparse=True)]
+        self.html.append(self._html_table(table, index, text))
+
+    def seed_table(self, table: pd.DataFrame, stem: str, corner: str = CORNER) -> None:
+        """A table as stem.csv (as computed), stem.txt and stem.md (`corner` naming the rows), and on the
+        page."""
+        path = self.out / stem
+        table.to_csv(path.with_suffix(".csv"))
+        shown = table.rename_axis(index=None, columns=corner)  # the corner above the row labels
+        path.with_suffix(".txt").write_text(shown.to_string() + "\n")
+        md = table.rename_axis(index=corner, columns=None).to_markdown(disable_numparse=True)
+        path.with_suffix(".md").write_text(md + "\n")
+        self.md += ["", md]
+        self.html.append(self._html_table(shown))
+
+    def figure(self, fig: Figure | None, stem: str, caption: str) -> None:
+        """A chart as stem.png and stem.svg, embedded with its title, axes and `caption` as text, and the
+        colour it drew each row in (data-colors)."""
+        if fig is None:
+            return
+        png, _ = charts.save(fig, self.out / stem)
+        text = charts.chart_text(fig)
+        data = base64.b64encode(png.read_bytes()).decode()
+        axes = "; ".join(f"{axis}: {text[axis]}" for axis in ("x", "y") if axis in text) + "."
+        self.md += ["", f"![{text['title']}]({stem}.png)", "", f"*{axes}* {caption}"]
+        self.html.append(
+            f"<figure data-chart='{stem}' data-colors='{html.escape(json.dumps(charts.drawn_colors(fig)))}'>"
+            f"<img alt='{html.escape(text['title'])}' src='data:image/png;base64,{data}'>"
+            f"<figcaption><b>{html.escape(text['title'])}.</b> {html.escape(axes)} {html.escape(caption)}"
+            f"</figcaption></figure>")
+
+    def _html_table(self, table: pd.DataFrame, index: bool = True, text: bool = False) -> str:
+        """A table as HTML in a horizontally scrolling box: a cell holding a status word (no number) is shown
+        as a failure, a row label carries its colour; numbers are right-aligned unless the table is `text`."""
+        out = table.to_html(index=index, border=0, na_rep="", classes="text" if text else None)
+        out = re.sub(r"<td>(oom|error|timeout|invalid)</td>", r'<td class="failed">\1</td>', out)
+        for label, color in self.colors.items():
+            swatch = f"<span class='swatch' style='background:{color}'></span>"
+            cell = re.escape(html.escape(label, quote=False))
+            out = re.sub(rf"<(th|td)>({cell})</\1>", rf"<\1>{swatch}\2</\1>", out)
+        return f"<div class='scroll'>{out}</div>"
+
+    def write(self, out: Path) -> Path:
+        (out / "report.md").write_text("\n".join(self.md) + "\n")
+        nav = " ".join(f"<a href='#{_slug(t)}'>{html.escape(t)}</a>" for t in SECTIONS)
+        page = out / "report.html"
+        page.write_text(f"<!DOCTYPE html><html><head><meta charset='utf-8'>"
+                        f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
+                        f"<title>infersweep report</title><style>{STYLE}</style></head><body>"
+                        f"<h1>infersweep report</h1><nav>{nav}</nav>{''.join(self.html)}</section>"
+                        f"</body></html>\n")
+        return page
 
 
-def _png(fig: Figure, stem: Path) -> str:
-    """Save the figure as PNG and SVG; return the PNG as an <img> with the image inlined."""
-    png, _ = charts.save(fig, stem)
-    data = base64.b64encode(png.read_bytes()).decode()
-    return f'<img alt="{html.escape(stem.name)}" src="data:image/png;base64,{data}">'
+# ---------------------------------------------------------------------------------------------------
+# What was run
 
 
-def _write_table(table: pd.DataFrame, stem: Path, corner: str) -> tuple[str, str]:
-    """The table as stem.csv (as computed), stem.txt and stem.md (`corner` naming the rows); returns the
-    Markdown and the HTML."""
-    table.to_csv(stem.with_suffix(".csv"))
-    shown = table.rename_axis(index=None, columns=corner)  # the corner above the row labels
-    stem.with_suffix(".txt").write_text(shown.to_string() + "\n")
-    md = table.rename_axis(index=corner, columns=None).to_markdown(disable_numparse=True)
-    stem.with_suffix(".md").write_text(md + "\n")
-    return md, _html_table(shown)
+def _overrides(multirun: Path) -> list[str] | None:
+    """The command-line overrides of a multirun (Hydra's multirun.yaml): the task's, then Hydra's own but
+    the multirun mode that -m stands for; None where the file is missing or unreadable."""
+    try:
+        overrides = yaml.safe_load(multirun.read_text())["hydra"]["overrides"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
+    hydra = [o for o in overrides.get("hydra", []) if o != "hydra.mode=MULTIRUN"]
+    return [*overrides.get("task", []), *hydra]
 
 
-def _sweeps_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Which sweeps the report covers: id, start, hardware, library versions, jobs and their statuses."""
+def sweep_commands(dirs: Sequence[Path]) -> dict[str, str]:
+    """run_id -> the command that ran it, for every sweep directory (a folder holding sweep.json) under `dirs`
+    whose multirun.yaml is there."""
+    commands = {}
+    for info in sorted(p for d in dirs for p in Path(d).rglob(SWEEP_FILE)):
+        run_id, overrides = read_sweep(info.parent).get("run_id"), _overrides(info.parent / "multirun.yaml")
+        if run_id and overrides is not None:
+            commands[run_id] = "python -m runner -m " + " ".join(map(shlex.quote, overrides))
+    return commands
+
+
+def _sorted(values) -> list:
+    """Numbers in numeric order, then words (batch_size=max where the search found nothing)."""
+    return sorted(values, key=lambda v: (isinstance(v, str), 0 if isinstance(v, str) else v, str(v)))
+
+
+def _text(value) -> str:
+    """A value as labels show it; a whole number stored as a float (a column with gaps) without ".0"."""
+    return f"{value:g}" if isinstance(value, float) and value.is_integer() else option_text(value)
+
+
+def _values(column: pd.Series) -> list[str]:
+    """The distinct values of a config column as labels show them (True and "true" alike), numbers in numeric
+    order."""
+    return list(dict.fromkeys(_text(v) for v in _sorted(column.dropna().unique())))
+
+
+def config_spread(df: pd.DataFrame) -> tuple[dict[str, list[str]], dict[str, str], list[str]]:
+    """The config keys (without "config.") that varied among the results, with their values; those that
+    stayed fixed, with the value ("auto (in 9 of 18 jobs)" for a key only some jobs have, such as a backend's
+    option); and those that were null in every result."""
+    varied, fixed, unset = {}, {}, []
+    for column in (c for c in df if c.startswith("config.")):
+        key, values, present = column.removeprefix("config."), _values(df[column]), df[column].notna().sum()
+        if len(values) > 1:
+            varied[key] = values
+        elif values:
+            fixed[key] = values[0] + ("" if present == len(df) else f" (in {present} of {len(df)} jobs)")
+        else:
+            unset.append(key)
+    return varied, fixed, unset
+
+
+def _bytes(n: float) -> str:
+    return f"{n / 2**30:g} GiB" if n >= 2**30 else f"{n / 2**20:g} MiB"
+
+
+def ceilings_text(row: pd.Series) -> dict[str, str]:
+    """A result's measured ceilings (env.ceilings) in words; {} where it has none."""
+    if pd.isna(row.get("env.ceilings.copy_gbps")):
+        return {}
+    c = {k.removeprefix("env.ceilings."): v for k, v in row.items() if k.startswith("env.ceilings.")}
+    return {"copy bandwidth (measured)": f"{c['copy_gbps']:g} GB/s: a {_bytes(c['copy_bytes'])} copy on "
+                                         f"{c['device']}, read + write",
+            "matmul rate (measured)": f"{c['matmul_tflops']:g} TFLOP/s: a {c['matmul_n']:g}² "
+                                      f"{c['matmul_dtype']} matmul",
+            "ceilings measured": f"{c['measured_at']} by job {c['measured_by_job']:g}"}
+
+
+ENV_ROWS = {"hardware": "hardware", "GPU memory (GiB)": "env.gpu_mem_gib", "driver": "env.driver",
+            "CUDA": "env.cuda", "CPU": "env.cpu", "CPU cores": "env.cpu_count", "host": "env.hostname",
+            "python": "env.python", **{lib: f"env.{lib}" for lib in LIBRARIES}, "git rev": "env.git_rev"}
+CEILINGS = ("copy bandwidth (measured)", "matmul rate (measured)", "ceilings measured")
+
+
+def environment_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Hardware, driver, library versions, git rev and measured ceilings, one column per sweep: the distinct
+    values its jobs recorded (a sweep over stacks has several); rows no job recorded are left out."""
+    def cell(values: pd.Series) -> str:
+        return ", ".join(dict.fromkeys(_text(v) for v in values.dropna()))
+
+    columns = {}
+    for run_id, jobs in df.groupby("run_id", sort=False):
+        column = {name: cell(jobs[key]) if key in jobs else "" for name, key in ENV_ROWS.items()}
+        ceilings = [ceilings_text(row) for _, row in jobs.iterrows()]
+        for name in CEILINGS:
+            column[name] = cell(pd.Series([c.get(name) for c in ceilings], dtype=object))
+        columns[run_id] = column
+    table = pd.DataFrame(columns)
+    return table[(table != "").any(axis=1)]
+
+
+def _what_was_run(page: Page, df: pd.DataFrame, note: str, sweep_dirs: Sequence[Path]) -> None:
+    page.section(SECTIONS[0])
+    page.note(note)
+    commands = sweep_commands(sweep_dirs)
+    missing = "(not recorded: no multirun.yaml in its sweep directory)" if sweep_dirs else \
+        "(not known: the report was given no sweep directory)"
     summary = sweep_summary(df)
-    versions = summary[list(VERSIONS)].apply(lambda r: ", ".join(f"{k} {v}" for k, v in r.items() if v), axis=1)
-    return pd.DataFrame({"run_id": summary["run_id"],
-                         "started": pd.to_datetime(summary["started"]).dt.strftime("%Y-%m-%d %H:%M"),
-                         "hardware": summary["hardware"], "versions": versions, "jobs": summary["jobs"],
-                         "statuses": summary["statuses"]})
+    page.table(pd.DataFrame({"run_id": summary["run_id"],
+                             "started": pd.to_datetime(summary["started"]).dt.strftime("%Y-%m-%d %H:%M"),
+                             "command": [commands.get(run_id, missing) for run_id in summary["run_id"]],
+                             "hardware": summary["hardware"], "jobs": summary["jobs"],
+                             "statuses": summary["statuses"]}), index=False, text=True)
+
+    varied, fixed, unset = config_spread(df)
+    page.heading("What varied")
+    page.table(pd.DataFrame({"key": list(varied), "values": [", ".join(v) for v in varied.values()]}),
+               index=False, text=True)
+    page.heading("What stayed fixed")
+    items = [f"{k}={v}" for k, v in fixed.items()]
+    page.raw(" ".join(f"`{i}`" for i in items),
+             "<p class='keys'>" + " ".join(f"<code>{html.escape(i)}</code>" for i in items) + "</p>")
+    if unset:
+        page.note(f"null in every job: {', '.join(unset)}")
+
+    page.heading("Hardware, versions and measured ceilings")
+    environment = environment_table(df)
+    if environment.empty:
+        page.note("No job recorded its environment (none was launched).")
+    else:
+        page.table(environment, text=True)
+    if environment.index.isin(CEILINGS).any():
+        page.note("The ceilings are measured once per sweep (env.ceilings): the roofline's floor is the "
+                  "bytes a decode step reads over the copy bandwidth, or its FLOPs over the matmul rate.")
+
+    page.heading("Rows and their colours")
+    page.note("A row is backend and dtype plus every measured key that varies; it keeps its colour in every "
+              "chart and table below.")
+    rows = df.groupby("label")["status"].agg(
+        jobs="size", statuses=lambda s: ", ".join(f"{n} {st}" for st, n in s.value_counts().items()))
+    page.table(rows.rename_axis(None), text=True)
 
 
-def write_report(df: pd.DataFrame, out: Path, reference: str | None = None) -> Path:
-    """Write every table, chart and report.md / report.html of the results `df` into `out`; returns the HTML."""
+# ---------------------------------------------------------------------------------------------------
+# The measured sections
+
+
+def _group_rows(table: pd.DataFrame, part: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a table of all results that belong to one group, without its columns empty there."""
+    rows = table.loc[[label for label in table.index if label in set(part["label"])]]
+    return rows.loc[:, (rows != "").any()]
+
+
+def _number(job: pd.Series | None, key: str, digits: int) -> str:
+    return "" if job is None or pd.isna(job[key]) else f"{job[key]:.{digits}f}"
+
+
+def fastest_table(part: pd.DataFrame) -> pd.DataFrame:
+    """Per batch size: the row with the lowest ms per token among the jobs that ended ok, its ms per token and
+    tokens/s, and the next fastest row; "none ended ok" with the statuses where no job did."""
+    none = pd.Series(index=part.index, dtype=float)
+    ms, tokens = part.get("ms_per_token", none), part.get("tokens_per_s", none)
+    measured = part.assign(ms=ms, tokens=tokens)[(part["status"] == "ok") & ms.notna()]
+    rows = []
+    for size in _sorted(part["config.batch_size"].unique()):
+        ranked = measured[measured["config.batch_size"] == size].sort_values("ms")
+        first, second = (ranked.iloc[i] if len(ranked) > i else None for i in (0, 1))
+        statuses = ", ".join(sorted(set(part.loc[part["config.batch_size"] == size, "status"])))
+        rows.append({"batch size": size,
+                     "fastest": f"none ended ok ({statuses})" if first is None else first["label"],
+                     "ms per token": _number(first, "ms", 2), "tokens/s": _number(first, "tokens", 1),
+                     "next fastest": "" if second is None else second["label"],
+                     "its ms per token": _number(second, "ms", 2)})
+    return pd.DataFrame(rows).set_index("batch size").rename_axis(None)
+
+
+def _fastest(page: Page, grouped: list) -> None:
+    page.section(SECTIONS[1])
+    page.note("Per batch size, the row with the lowest ms per generated token among the jobs that ended ok "
+              "(load and warm-up excluded), and the next fastest.")
+    for title, part in grouped:
+        page.heading(title)
+        page.seed_table(fastest_table(part), f"fastest_{_slug(title)}", corner="batch size")
+
+
+def _latency(page: Page, grouped: list, df: pd.DataFrame) -> None:
+    page.section(SECTIONS[2])
+    page.note("ms per generated token, lower is better: the median over the timed repeats, load and warm-up "
+              "excluded (each chart's caption says how it is computed). Rows: backend and dtype (and what "
+              "varies); columns: batch size; a job that did not end ok shows its status.")
+    ms, ttft = seed_table(df, "ms_per_token", 2), seed_table(df, "ttft_ms", 2)
+    for title, part in grouped:
+        slug = _slug(title)
+        page.heading(title)
+        page.seed_table(_group_rows(ms, part), f"ms_per_token_{slug}")
+        page.figure(charts.ms_per_token_chart(part, title, page.colors), f"ms_per_token_{slug}",
+                    charts.MS_PER_TOKEN.caption)
+        page.note("Time to first token (ttft_ms), ms: the prefill of the whole batch, a generate of one new "
+                  "token over the prompts, median over the repeats; the warm-up excluded.")
+        page.seed_table(_group_rows(ttft, part), f"ttft_{slug}")
+
+
+def _throughput(page: Page, grouped: list, df: pd.DataFrame, reference: str | None) -> None:
+    page.section(SECTIONS[3])
+    page.note("Generated tokens per second, higher is better: the median over the timed repeats, prefill "
+              "included, load and warm-up excluded.")
+    table = seed_table(df, "tokens_per_s", 1)
+    for title, part in grouped:
+        slug, ref = _slug(title), charts.reference_label(part, reference)
+        page.heading(title)
+        page.seed_table(_group_rows(table, part), f"throughput_{slug}")
+        page.figure(charts.tokens_per_s_chart(part, title, page.colors), f"throughput_{slug}",
+                    charts.TOKENS_PER_S.caption)
+        page.figure(charts.speedup_chart(part, title, ref, page.colors) if ref else None, f"speedup_{slug}",
+                    charts.SPEEDUP.caption)
+
+
+def _load(page: Page, grouped: list, df: pd.DataFrame) -> None:
+    page.section(SECTIONS[4])
+    page.note("load_s, seconds: the model made ready to generate (weights loaded, placed, engine "
+              "initialised); not the launcher start, the imports or the warm-up generate. Median, min and "
+              "max over the jobs of each row that ended ok.")
+    page.seed_table(load_table(df), "load_time", "backend dtype")
+    page.figure(charts.load_chart(load_stats(df), page.colors), "load_time", charts.LOAD.caption)
+    table = seed_table(df, "warmup_s", 2)
+    for title, part in grouped:
+        page.heading(f"Warm-up (warmup_s), seconds: {title}")
+        page.note("Each job's first generate, which pays kernel JIT, graph capture and compilation; excluded "
+                  "from load_s, ms per token and tokens/s.")
+        page.seed_table(_group_rows(table, part), f"warmup_{_slug(title)}")
+
+
+def _memory(page: Page, grouped: list, df: pd.DataFrame) -> None:
+    page.section(SECTIONS[5])
+    table = seed_table(df, "peak_mem_gib", 2)
+    for title, part in grouped:
+        slug, kind = _slug(title), charts.memory_kind(part)
+        page.heading(title)
+        page.note(f"{kind.title}, by batch size.")
+        page.seed_table(_group_rows(table, part), f"peak_mem_{slug}")
+        page.figure(charts.memory_chart(part, title, page.colors), f"peak_mem_{slug}", kind.caption)
+    largest = max_batch_table(df)
+    if not largest.empty:
+        (page.out / "max_batch.md").write_text(largest.to_markdown(disable_numparse=True) + "\n")
+        page.heading("Largest batch that fits (batch_size=max)")
+        page.table(largest, text=True)
+
+
+def _roofline(page: Page, grouped: list, df: pd.DataFrame) -> None:
+    page.section(SECTIONS[6])
+    table = roofline_table(df)
+    if table.empty:
+        page.note("No result holds a roofline (no job ended ok, or the results predate it).")
+        return
+    page.note("Fraction of the roofline floor: the floor of one decode step (the weights a rank holds and "
+              "the KV cache read at the measured copy bandwidth, or 2 FLOP per parameter per token at the "
+              "measured matmul rate, whichever is larger: the bound named) / the measured decode step "
+              "(decode_ms_per_step: the generate less its prefill, per step); 1.00 is the hardware limit. "
+              "The ceilings are under What was run.")
+    for title, part in grouped:
+        rows = _group_rows(table, part)
+        if len(rows.columns):
+            page.heading(f"Fraction of the roofline floor: {title}")
+            page.seed_table(rows, f"roofline_{_slug(title)}")
+
+
+def failures_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Every job that did not end ok: its number (run_id/job where the report covers several sweeps), row,
+    batch size, status, reason and log."""
+    failed = df[df["status"] != "ok"].sort_values(["run_id", "job"])
+    several = df["run_id"].nunique() > 1
+    jobs = [f"{r}/{j}" if several else str(j) for r, j in zip(failed["run_id"], failed["job"])]
+    return pd.DataFrame({"job": jobs, "row": failed["label"],
+                         "batch size": failed["config.batch_size"].astype(str),
+                         "status": failed["status"], "reason": failed["reason"], "log": failed["log"]})
+
+
+def _failures(page: Page, df: pd.DataFrame) -> None:
+    page.section(SECTIONS[7])
+    failed = failures_table(df)
+    if failed.empty:
+        page.note("Every job ended ok.")
+        return
+    page.note("oom: ran out of memory; error: failed; timeout: ran past timeout_s; invalid: refused before "
+              "launch (never ran). The reason is the one the result records; the log is where the job wrote "
+              "its output.")
+    page.table(failed, index=False, text=True)
+
+
+def write_report(df: pd.DataFrame, out: Path, reference: str | None = None,
+                 sweep_dirs: Sequence[Path] = ()) -> Path:
+    """Write every table, chart and report.md / report.html of the results `df` into `out`; returns the HTML.
+    `sweep_dirs`: where the results were read, for the commands that ran them (Hydra's multirun.yaml)."""
     out.mkdir(parents=True, exist_ok=True)
-    sweeps = _sweeps_table(df)
-    note = f"{len(df)} jobs in {len(sweeps)} sweep(s)."
+    note = f"{len(df)} jobs in {df['run_id'].nunique()} sweep(s)."
     df = df.sort_values("timestamp", kind="stable")
     repeated = df.assign(label=row_labels(df)).duplicated(["label", "config.batch_size"], keep="last")
     if repeated.any():
         note += f" {repeated.sum()} point(s) measured more than once: the tables and charts show the latest."
         df = df[~repeated]
-    md = ["# infersweep report", "", note, "", sweeps.to_markdown(index=False, disable_numparse=True)]
-    body = [f"<h1>infersweep report</h1><p class='note'>{html.escape(note)}</p>",
-            _html_table(sweeps, index=False, text=True)]
-
-    load_md, load_html = _write_table(load_table(df), out / "load_time", "backend dtype")
-    md += ["", "## Load time (s)", "", load_md]
-    body += ["<h2>Load time</h2>",
-             ("<p class='note'>Seconds from launch to ready to generate: median, min and max over the jobs "
-              "of each row that ended ok.</p>"),
-             load_html, _png(charts.load_chart(df), out / "load_time")]
-    md += ["", "![load time](load_time.png)"]
-
-    for title, part in groups(df):
-        slug = _slug(title)
-        table_md, table_html = _write_table(seed_table(part), out / f"ms_per_token_{slug}",
-                                            "backend dtype \\ batch size")
-        md += ["", f"## ms per token: {title}", "", table_md]
-        body += [f"<h2>Throughput: {html.escape(title)}</h2>",
-                 ("<p class='note'>ms per generated token (median over repeats; lower is better): rows "
-                  "backend+dtype, columns batch size; a job that did not end ok shows its status.</p>"),
-                 table_html]
-        roofline = roofline_table(part)
-        if not roofline.empty:
-            roof_md, roof_html = _write_table(roofline, out / f"roofline_{slug}", "backend dtype \\ batch size")
-            md += ["", f"## Fraction of the roofline floor: {title}", "", roof_md]
-            body += [f"<h2>Fraction of the roofline floor: {html.escape(title)}</h2>",
-                     ("<p class='note'>The floor of one decode step (weights and KV cache read at the measured copy "
-                      "bandwidth, or 2 FLOP per parameter per token at the measured matmul rate, whichever is "
-                      "larger: the bound named) over the measured decode step; 1.00 is the hardware limit. "
-                      "Ceilings: env.ceilings of the results.</p>"), roof_html]
-        ref = charts.reference_label(part, reference)
-        for fig, stem in ((charts.throughput_chart(part, title), f"throughput_{slug}"),
-                          (charts.speedup_chart(part, title, ref) if ref else None, f"speedup_{slug}")):
-            if fig is not None:
-                body.append(_png(fig, out / stem))
-                md += ["", f"![{stem}]({stem}.png)"]
-
-    largest = max_batch_table(df)
-    if not largest.empty:
-        largest_md = largest.to_markdown(disable_numparse=True)
-        (out / "max_batch.md").write_text(largest_md + "\n")
-        md += ["", "## Largest batch that fits (batch_size=max)", "", largest_md]
-        body += ["<h2>Largest batch that fits (batch_size=max)</h2>", _html_table(largest, text=True)]
-
-    failed = df[df["status"] != "ok"]
-    if len(failed):
-        jobs = pd.DataFrame({"job": row_labels(df)[failed.index] + " bs=" + failed["config.batch_size"].astype(str),
-                             "status": failed["status"], "reason": failed["reason"]})
-        md += ["", "## Jobs that did not end ok", "", jobs.to_markdown(index=False)]
-        body += ["<h2>Jobs that did not end ok</h2>",
-                 _html_table(jobs, index=False, text=True)]
-
-    (out / "report.md").write_text("\n".join(md) + "\n")
-    page = out / "report.html"
-    page.write_text(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>infersweep report</title>"
-                    f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>\n")
-    return page
+    df = df.assign(label=row_labels(df))
+    page = Page(out, charts.colors(df["label"]))
+    grouped = list(groups(df))
+    _what_was_run(page, df, note, sweep_dirs)
+    _fastest(page, grouped)
+    _latency(page, grouped, df)
+    _throughput(page, grouped, df, reference)
+    _load(page, grouped, df)
+    _memory(page, grouped, df)
+    _roofline(page, grouped, df)
+    _failures(page, df)
+    return page.write(out)

@@ -1,14 +1,22 @@
-"""`python -m analysis report` and `history` on a real sweep of bloom-tiny (CPU, run once per session)."""
+"""`python -m analysis report` and `history` on a real sweep of bloom-tiny (CPU, run once per session), and
+the report's charts on small made-up frames."""
 import base64
 import csv
+import html
+import json
 import os
 import re
 import statistics
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 from conftest import ROOT, results
+
+from analysis import charts
+from analysis.report import SECTIONS, write_report
+from analysis.results import load_results
 
 
 @pytest.fixture(scope="session")
@@ -31,6 +39,36 @@ def report(sweep):
     return sweep_dir / "report", proc
 
 
+@pytest.fixture(scope="session")
+def page(sweep, tmp_path_factory) -> str:
+    """report.html of the sweep, written in this process with the sweep directory named (for its command)."""
+    sweep_dir, _ = sweep
+    return write_report(load_results([sweep_dir]), tmp_path_factory.mktemp("report"), sweep_dirs=[sweep_dir]).read_text()
+
+
+def sections(page: str) -> dict[str, str]:
+    """The page's sections by title, in page order."""
+    return dict(re.findall(r"<section id='[^']*'><h2>(.*?)</h2>(.*?)</section>", page, re.DOTALL))
+
+
+def figures(page: str) -> list[dict]:
+    """Each embedded chart: its stem, the colours it drew each row in, its alt text, PNG and caption."""
+    found = re.findall(r"<figure data-chart='([^']+)' data-colors='([^']*)'><img alt='([^']*)' "
+                       r"src='data:image/png;base64,([^']+)'><figcaption>(.*?)</figcaption></figure>", page)
+    return [{"stem": stem, "colors": json.loads(html.unescape(colors)), "alt": html.unescape(alt), "png": png,
+             "caption": html.unescape(re.sub("<[^>]+>", "", caption))} for stem, colors, alt, png, caption in found]
+
+
+def swatches(page: str) -> list[tuple[str, str]]:
+    """(label, colour) of every row label shown with its colour, in tables and the colour key."""
+    return [(html.unescape(label), color) for color, label in
+            re.findall(r"<span class='swatch' style='background:(#[0-9a-f]{6})'></span>([^<]+)</t[hd]>", page)]
+
+
+def axis(text: str) -> str:
+    return " ".join(text.split())
+
+
 class TestAccelerateSweep:
     """Every test here checks the sweep that tests/test_runner.py::TestAccelerateSweep checks: one class
     name, so that one xdist worker runs both classes, and the sweep once (tests/conftest.py)."""
@@ -38,12 +76,13 @@ class TestAccelerateSweep:
     def test_report_writes_every_table_and_chart(self, report):
         out, proc = report
         tables = [f"{name}.{ext}" for name in ("load_time", "ms_per_token_bloom-tiny-cpu") for ext in ("txt", "csv", "md")]
-        charts = [f"{name}.{ext}" for name in ("load_time", "throughput_bloom-tiny-cpu") for ext in ("png", "svg")]
-        for name in [*tables, *charts, "report.md", "report.html"]:
+        images = [f"{name}.{ext}" for name in ("load_time", "throughput_bloom-tiny-cpu") for ext in ("png", "svg")]
+        for name in [*tables, *images, "report.md", "report.html"]:
             assert (out / name).stat().st_size > 0, name
         assert not list(out.glob("speedup_*")), "one row with numbers: nothing to compare against"
         md = (out / "report.md").read_text()  # a Markdown page with its charts: publishable as it is
-        assert "![load time](load_time.png)" in md and "![throughput_bloom-tiny-cpu](throughput_bloom-tiny-cpu.png)" in md
+        assert f"![{charts.LOAD.title}](load_time.png)" in md
+        assert f"![{charts.TOKENS_PER_S.title}: bloom-tiny, CPU](throughput_bloom-tiny-cpu.png)" in md
         assert f"report: {out / 'report.html'}" in proc.stdout
 
     def test_ms_per_token_table_has_the_seed_shape_and_values(self, sweep, report):
@@ -74,12 +113,70 @@ class TestAccelerateSweep:
     def test_html_is_self_contained_with_its_charts_embedded(self, report):
         out, _ = report
         page = (out / "report.html").read_text()
-        images = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,([^"]+)">', page)
-        assert [name for name, _ in images] == ["load_time", "throughput_bloom-tiny-cpu"]
-        for name, data in images:
-            assert base64.b64decode(data) == (out / f"{name}.png").read_bytes()
+        images = figures(page)
+        assert [f["stem"] for f in images] == ["ms_per_token_bloom-tiny-cpu", "throughput_bloom-tiny-cpu",
+                                               "load_time", "peak_mem_bloom-tiny-cpu"]
+        for image in images:
+            assert base64.b64decode(image["png"]) == (out / f"{image['stem']}.png").read_bytes()
+        assert len(re.findall("<img ", page)) == len(images)
         assert not re.search(r"""(src|href)=["']?(https?:|//|file:)""", page)
         assert '<td class="failed">invalid</td>' in page
+
+    def test_sections_come_in_the_order_a_reader_asks(self, page):
+        assert list(sections(page)) == ["What was run", "Fastest per batch size", "Latency: ms per token",
+                                        "Throughput: tokens per second", "Load time", "Memory", "Roofline",
+                                        "Jobs that did not end ok"] == list(SECTIONS)
+
+    def test_header_names_the_command_what_varied_the_hardware_versions_and_ceilings(self, sweep, page):
+        header = html.unescape(sections(page)["What was run"])
+        assert (f"python -m runner -m dtype=bf16,int8 batch_size=1,4 new_tokens=16 repeats=3 prompt_tokens=4 "
+                f"hydra.sweep.dir={sweep[0]}") in header
+        assert re.search(r"<td>dtype.name</td>\s*<td>bf16, int8</td>", header)
+        assert re.search(r"<td>batch_size</td>\s*<td>1, 4</td>", header)
+        assert "<code>new_tokens=16</code>" in header and "<code>backend.name=accelerate</code>" in header
+        env = next(r for r in results(sweep[0]) if r["status"] == "ok")["env"]
+        for key in ("hostname", "python", "torch", "transformers", "accelerate", "git_rev"):
+            if env.get(key):
+                assert f"<td>{env[key]}</td>" in header, key
+        assert f"{env['ceilings']['copy_gbps']:g} GB/s" in header
+        assert f"{env['ceilings']['matmul_tflops']:g} TFLOP/s" in header
+
+    def test_each_chart_says_what_it_plots_with_units_and_what_it_includes(self, page):
+        expected = {"ms_per_token": charts.MS_PER_TOKEN, "throughput": charts.TOKENS_PER_S,
+                    "peak_mem": charts.HOST_MEMORY, "load_time": charts.LOAD}  # a CPU sweep: host memory
+        for figure in figures(page):
+            chart = next(c for stem, c in expected.items() if figure["stem"].startswith(stem))
+            assert figure["alt"].startswith(chart.title), figure["stem"]
+            value_axis, other = ("x", "y") if chart is charts.LOAD else ("y", "x")
+            assert f"{value_axis}: {axis(chart.axis)}" in figure["caption"], figure["stem"]
+            if chart is not charts.LOAD:
+                assert f"{other}: {charts.BATCH_AXIS}" in figure["caption"]
+            assert figure["caption"].endswith(chart.caption)
+        for chart in (charts.MS_PER_TOKEN, charts.TOKENS_PER_S, charts.LOAD):
+            assert "warm-up excluded" in chart.axis and "warmup_s" in chart.caption and "load_s" in chart.caption
+        assert "launch, imports, warm-up excluded" in axis(charts.LOAD.axis)
+        assert "ttft_ms" in sections(page)["Latency: ms per token"]
+
+    def test_a_row_has_one_colour_in_every_chart_and_table(self, page):
+        key = dict(swatches(sections(page)["What was run"]))
+        assert set(key) == {"accelerate bf16", "accelerate int8"}
+        assert all(key[label] == color for label, color in swatches(page))
+        drawn = [f["colors"] for f in figures(page)]
+        assert sum("accelerate bf16" in colors for colors in drawn) == 4  # latency, throughput, load, memory
+        for colors in drawn:
+            assert all(found == [key[label]] for label, found in colors.items()), colors
+
+    def test_failures_give_each_reason_and_log(self, sweep, page):
+        failures = html.unescape(sections(page)["Jobs that did not end ok"])
+        failed = [r for r in results(sweep[0]) if r["status"] != "ok"]
+        assert failed
+        for r in failed:
+            assert re.search(rf"<td>{r['job']}</td>.*?<td>{re.escape(r['reason'])}</td>\s*<td>{re.escape(r['log'])}</td>",
+                             failures, re.DOTALL), r["job"]
+
+    def test_every_table_scrolls_sideways_where_it_is_wider_than_the_page(self, page):
+        assert page.count("<table") == page.count("<div class='scroll'><table") > 10
+        assert re.search(r"\.scroll \{ overflow-x: auto;", page)
 
     def test_finished_sweep_is_in_the_history(self, sweep):
         sweep_dir, history = sweep
@@ -90,3 +187,52 @@ class TestAccelerateSweep:
         assert "cpu@" in line and "4 " in line and "2 ok, 2 invalid" in line
 
 
+
+
+def made_up(labels: list[str], sizes: list[int], ms: list[float]) -> pd.DataFrame:
+    """Results as the report's charts take them: one ok job per label and batch size, ms per token from `ms`
+    (scaled per label), plus one oom at the largest size."""
+    rows = [{"label": label, "status": "ok", "config.batch_size": size, "ms_per_token": value * (1 + i),
+             "tokens_per_s": 1000 / (value * (1 + i)), "peak_mem_gib": size / 10}
+            for i, label in enumerate(labels) for size, value in zip(sizes, ms)]
+    rows.append({"label": labels[0], "status": "oom", "config.batch_size": sizes[-1] * 2})
+    return pd.DataFrame(rows)
+
+
+def test_log_axes_tick_every_decade_and_every_batch_size():
+    df = made_up(["accelerate bf16", "ds-inference fp16"], [1, 8, 64, 512], [20, 2.6, 0.4, 0.06])
+    ax = charts.ms_per_token_chart(df, "made up", charts.colors(df["label"])).axes[-1]
+    x = dict(zip(ax.get_xticks(), (t.get_text() for t in ax.get_xticklabels())))
+    assert all(x[size] == str(size) for size in (1, 8, 64, 512, 1024))  # the oom's size is on the axis too
+    assert {10, 100} <= set(x)  # a decade between batch sizes keeps its tick and grid line
+    y = dict(zip(ax.get_yticks(), (t.get_text() for t in ax.get_yticklabels())))
+    low, high = ax.get_ylim()
+    assert all(y[10.0 ** e] == f"{10.0 ** e:g}" for e in range(-2, 3) if low <= 10.0 ** e <= high)
+    assert ax.get_yscale() == "log" and ax.get_xscale() == "log"
+
+
+@pytest.mark.parametrize("low, high", [(12, 18), (0.31, 0.36), (3, 40), (0.02, 900)])
+def test_log_ticks_are_readable_over_any_range(low, high):
+    ticks = charts.log_ticks(low, high)
+    assert len(ticks) >= 4 and all(low <= t <= high for t in ticks)
+    assert len({f"{t:g}" for t in ticks}) == len(ticks)  # no two read the same
+    assert {10.0 ** e for e in range(-3, 4) if low <= 10.0 ** e <= high} <= set(ticks)
+
+
+def test_long_row_labels_stay_inside_the_figure_and_the_legend_off_the_data():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    labels = [f"llama-8b gpus={n} ds-inference fp16 offload=none new=100 prompt=8 stack=/opt/venvs/tf443-{n}"
+              for n in range(1, 7)]
+    df = made_up(labels, [1, 8, 64], [12, 14, 18])
+    df = df.assign(load_s=2.0)
+    colors = charts.colors(labels)
+    stats = pd.DataFrame({"median": 2.0, "min": 1.5, "max": 2.5, "status": "ok"}, index=labels)
+    for fig in (charts.ms_per_token_chart(df, "made up", colors), charts.load_chart(stats, colors)):
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()
+        drawn = fig.get_tightbbox(canvas.get_renderer())  # every text and artist drawn, in inches
+        assert fig.bbox_inches.padded(0.01).contains(drawn.x0, drawn.y0)
+        assert fig.bbox_inches.padded(0.01).contains(drawn.x1, drawn.y1)
+        for legend in fig.legends:
+            assert not legend.get_window_extent().overlaps(fig.axes[-1].get_window_extent())
