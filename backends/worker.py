@@ -1,8 +1,8 @@
 """The process the launcher starts: `python -m backends.worker JOB_DIR`.
 
-Reads the job (core/jobdir.py), loads the model with the job's backend, runs the shared measurement loop and
-writes JOB_DIR/result.json (rank 0 only). Every failure it can catch becomes a result: out of memory
-is `oom`, anything else `error` with the exception's last line.
+Reads the job (core/jobdir.py), loads the model with the job's backend, runs the shared measurement loop
+and writes the result of its attempt (rank 0; the runner makes it the job's result). Every failure it can
+catch becomes a result: out of memory is `oom`, anything else `error` with the exception's last line.
 """
 import os
 import resource
@@ -30,7 +30,7 @@ from core.jobdir import (
     new_result,
     read_job,
     session_job_file,
-    write_result,
+    write_attempt,
 )
 
 OOM_MESSAGES = ("out of memory", "can't allocate memory", "cublas_status_alloc_failed", "cannot allocate memory",
@@ -199,12 +199,10 @@ def main(job_dir: Path, serving: bool = False) -> int:
     """Measure the job of `job_dir`. With several ranks, rank 0 writes an `ok` result once every rank
     reported in (gather_ranks); a failed rank writes its own, unless another rank already did, so that the
     first rank to fail reports the job (OOM on rank 3 is the job's `oom`), not a peer that only saw it die."""
-    result = run(read_job(job_dir), job_dir, serving)
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        if rank() == 0:
-            write_result(job_dir, result)
-    elif result.status != "ok" or rank() == 0:
-        write_result(job_dir, result, exclusive=True)
+    job = read_job(job_dir)
+    result = run(job, job_dir, serving)
+    if rank() == 0 or (int(os.environ.get("WORLD_SIZE", "1")) > 1 and result.status != "ok"):
+        write_attempt(job_dir, job.attempt, result)
     print(f"worker rank {rank()}: {result.status} {result.reason}", flush=True)
     return 0 if result.status == "ok" else 1
 

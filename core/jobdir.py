@@ -2,10 +2,14 @@
 
 A job of a sweep owns one directory (Hydra's `hydra.sweep.dir/<job number>`) that holds:
 
-    job.json      what the worker is given (a Job)
+    job.json      what the worker is given (a Job, with the number of its attempt)
     job.log       the launcher's and the worker's output
     phases        one line per phase the worker enters (the progress line reads it)
-    result.json   the job's outcome (a Result), the source of truth for everything downstream
+    lease.json    who runs the current attempt (a Lease: host, pid, process group, start, attempt)
+    attempts/     every attempt's own result, numbered (0001.json, ...), never overwritten: the worker
+                  writes only there, and only its own attempt's file
+    result.json   the job's current result (a Result), written by the runner alone from the attempt that
+                  holds the lease (its rounds added up): the source of truth for everything downstream
 
 and the sweep directory holds sweep.json (the run_id, the job count, when it started).
 
@@ -13,9 +17,12 @@ Everything here is torch-free and imports nothing of the project: the runner, th
 analysis all read and write job files through this module, with one atomic write and one validating
 reader, and decide "the same measurement" with one list of config keys.
 """
+import atexit
+import fcntl
 import json
 import os
 import secrets
+import socket
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -27,6 +34,9 @@ JOB_FILE = "job.json"
 LOG_FILE = "job.log"
 PHASE_FILE = "phases"
 SWEEP_FILE = "sweep.json"
+LEASE_FILE = "lease.json"
+SWEEP_LOCK = "sweep.lock"
+ATTEMPTS_DIR = "attempts"
 
 # A shared worker (isolate=false) serves a session directory: the marker file says so, the runner hands
 # over jobs as numbered files holding a job directory's path, and a stop file ends the worker.
@@ -46,10 +56,11 @@ LIBRARIES = ("torch", "transformers", "accelerate", "deepspeed", "bitsandbytes",
 # The same measurement
 
 # Config keys that do not change what a job measures: how a sweep is resumed and how patient it is, where
-# its files and cluster jobs go, and how many samples it takes (the figure is a median either way).
+# its files and cluster jobs go, and how many samples it takes (repeats in a process, rounds of processes:
+# the figure is a median either way).
 # Results whose configs differ only in these are the same measurement, for resume, compare, trend, the
 # history and the labels alike.
-NOT_MEASURED = ("rerun", "timeout_s", "cluster", "cache_dir", "repeats", "profile")
+NOT_MEASURED = ("rerun", "timeout_s", "cluster", "cache_dir", "repeats", "rounds", "round", "profile")
 # Measured keys that do not change the loaded model: jobs that differ only in these can share one
 # loaded worker (isolate=false).
 GENERATION_KEYS = ("batch_size", "new_tokens", "prompt_tokens")
@@ -142,6 +153,7 @@ class Job:
     log: str
     job_dir: str
     sweep_dir: str | None = None
+    attempt: int = 0  # the attempt this worker runs: it writes attempts/<attempt>.json and nothing else
 
 
 def new_run_id() -> str:
@@ -293,3 +305,108 @@ def set_aside(job_dir: Path, why: str) -> Path:
 def result_files(dirs: list) -> list:
     """Every result.json under `dirs`, sorted."""
     return sorted(p for d in dirs for p in Path(d).rglob(RESULT_FILE))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Attempts and the lease
+
+
+def attempt_path(job_dir: Path, attempt: int) -> Path:
+    return Path(job_dir) / ATTEMPTS_DIR / f"{attempt:04d}.json"
+
+
+def attempts(job_dir: Path) -> list:
+    """The numbers of the job's attempts that left a result file, oldest first."""
+    folder = Path(job_dir) / ATTEMPTS_DIR
+    return sorted(int(p.stem) for p in folder.glob("[0-9]*.json") if p.stem.isdigit()) if folder.is_dir() else []
+
+
+def read_attempt(job_dir: Path, attempt: int) -> Result | None:
+    """The result attempt `attempt` wrote, or None; CorruptResult for a file that fails validation."""
+    path = attempt_path(job_dir, attempt)
+    return read_result_file(path) if path.exists() else None
+
+
+def write_attempt(job_dir: Path, attempt: int, result: Result) -> bool:
+    """The worker's result of its attempt, unless one is there already: never overwritten (the first of
+    several ranks to fail reports the job; a stray second writer of the same attempt changes nothing)."""
+    path = attempt_path(job_dir, attempt)
+    path.parent.mkdir(exist_ok=True)
+    return write_json(path, result.to_dict(), exclusive=True)
+
+
+@dataclass
+class Lease:
+    """Who runs a job's current attempt: the runner's host and pid, the process group of its launcher
+    (ended as a whole if the runner died and left it running), and when it started."""
+    attempt: int
+    host: str
+    pid: int
+    pgid: int | None
+    started: float
+
+
+def read_lease(job_dir: Path) -> Lease | None:
+    path = Path(job_dir) / LEASE_FILE
+    try:
+        data = json.loads(path.read_text())
+        return Lease(**{k: data[k] for k in Lease.__dataclass_fields__})
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def write_lease(job_dir: Path, lease: Lease) -> None:
+    write_json(Path(job_dir) / LEASE_FILE, asdict(lease))
+
+
+def next_attempt(job_dir: Path) -> int:
+    """One more than any attempt the job directory knows of (a result file or a lease)."""
+    lease = read_lease(job_dir)
+    return max([0, *attempts(job_dir), lease.attempt if lease else 0]) + 1
+
+
+# ---------------------------------------------------------------------------------------------------
+# One runner per sweep directory
+
+
+class SweepLocked(RuntimeError):
+    """Another live runner holds the sweep directory; the message names it."""
+
+
+def lock_sweep(sweep_dir: Path) -> tuple:
+    """Take the sweep directory's lock for this process's lifetime (the kernel releases it when the process
+    dies, however it dies): (the open lock file, to keep; a note when the lock of a runner that is no longer
+    running was taken over, else ""). Raises SweepLocked naming the live holder."""
+    path = Path(sweep_dir) / SWEEP_LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    lock = os.fdopen(fd, "r+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _holder(lock.read())
+        lock.close()
+        raise SweepLocked(f"{sweep_dir} is in use by another runner ({holder}): wait for it to finish, or stop it "
+                          "(a sweep directory takes one runner at a time)") from None
+    earlier = lock.read()
+    note = f"took over the lock of a runner that is no longer running ({_holder(earlier)})" if earlier.strip() else ""
+    lock.seek(0)
+    lock.truncate()
+    lock.write(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}))
+    lock.flush()
+    atexit.register(_release, lock)  # a runner that ends normally leaves no holder named
+    return lock, note
+
+
+def _release(lock) -> None:
+    lock.seek(0)
+    lock.truncate()
+    lock.close()
+
+
+def _holder(text: str) -> str:
+    try:
+        info = json.loads(text)
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info["since"]))
+        return f"host {info['host']}, pid {info['pid']}, since {since}"
+    except (ValueError, KeyError, TypeError):
+        return "holder unknown"

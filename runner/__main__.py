@@ -1,9 +1,15 @@
-"""python -m runner [-m] key=value ...: one benchmark job per point of the sweep."""
+"""python -m runner [-m] key=value ...: one benchmark job per point of the sweep.
+
+Exit status: 0 the sweep finished with at least one measured point; 2 bad input, nothing launched (a
+config error, a sweep directory another runner holds, an unusable history); 3 finished but nothing
+measured (every job invalid, oom, error or timeout); 128 + signal when interrupted (130 for Ctrl-C).
+"""
 import sys
 
 import hydra
 from omegaconf import DictConfig
 
+from runner.callbacks import OUTCOME
 from runner.config import register_configs
 from runner.job import run_job
 from runner.launch import install_signal_handlers
@@ -12,9 +18,21 @@ from runner.session import close_session
 register_configs()
 
 
+NOTHING_MEASURED = 3
+
+
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    run_job(cfg)
+    result = run_job(cfg)
+    OUTCOME.setdefault("single", result)
+
+
+def exit_status() -> int:
+    """0 when the sweep (or the single job) measured at least one point, else NOTHING_MEASURED."""
+    if "measured" in OUTCOME:
+        return 0 if OUTCOME["measured"] else NOTHING_MEASURED
+    single = OUTCOME.get("single")
+    return 0 if getattr(single, "status", "ok") == "ok" else NOTHING_MEASURED
 
 
 def interrupted(exc: KeyboardInterrupt) -> int:
@@ -22,8 +40,9 @@ def interrupted(exc: KeyboardInterrupt) -> int:
     shared worker too, say how to resume, exit 128 + signal."""
     close_session(kill=True)
     signum = getattr(exc, "signum", 2)
-    sys.stderr.write(f"\ninterrupted ({exc or 'SIGINT'}): the running job was stopped and left no result; "
-                     "finished jobs are kept: run the same command again (same hydra.sweep.dir) to resume\n")
+    sys.stderr.write(f"\ninterrupted ({exc or 'SIGINT'}): the running job was stopped and its earlier result, "
+                     "if any, kept; finished jobs are kept: run the same command again (same hydra.sweep.dir) "
+                     "to resume\n")
     return 128 + signum
 
 
@@ -33,3 +52,4 @@ if __name__ == "__main__":
         main()
     except KeyboardInterrupt as e:
         sys.exit(interrupted(e))
+    sys.exit(exit_status())

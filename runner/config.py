@@ -75,6 +75,11 @@ class SweepConfig:
     new_tokens: int = 100
     prompt_tokens: int = 8
     repeats: int = 3
+    # Separate worker processes that measure each job, in interleaved rounds over the whole sweep
+    # (hydra_plugins/infersweep_sweeper); the job's figure is the median over its rounds (core/rounds.py).
+    rounds: int = 1
+    # The round a job is launched for (set by the sweeper; 1 outside a rounds sweep).
+    round: int = 1
     timeout_s: float = 600.0
     # true: after the measurement, one more generate under torch.profiler (backends/profile.py).
     profile: bool = False

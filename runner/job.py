@@ -1,8 +1,13 @@
 """One job of the sweep: resume? -> resolve -> validate -> prepare the model -> launch the worker -> collect."""
+import contextlib
 import os
+import signal
+import socket
 import time
+from datetime import datetime
 from pathlib import Path
 
+import psutil
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
@@ -15,16 +20,23 @@ from core.jobdir import (
     SESSION_DIR,
     CorruptResult,
     Job,
+    Lease,
     Result,
+    attempt_path,
     measurement_differences,
     new_result,
     new_run_id,
+    next_attempt,
+    read_attempt,
+    read_lease,
     read_result,
     read_sweep,
     set_aside,
     write_job,
+    write_lease,
     write_result,
 )
+from core.rounds import add_round, rounds_done
 from runner import multinode
 from runner.config import resolve
 from runner.failure import failure_reason, signal_death
@@ -52,9 +64,9 @@ def _sweep_position() -> tuple:
 KEEP = {"none": ("ok", "oom", "invalid", "error", "timeout"), "failed": ("ok", "oom"), "all": ()}
 
 
-def finished_result(job_dir: Path, config: dict) -> tuple:
-    """(the job's earlier result, "") when the job directory holds one that counts as finished for this
-    config and `rerun`, else (None, why the job runs: "" when there was nothing to keep).
+def earlier_result(job_dir: Path, config: dict) -> tuple:
+    """(the result the job directory holds for this measurement, or None; why the job runs: "" when there was
+    nothing there).
 
     A corrupt result.json is reported by name, set aside (result.json.corrupt) and the job runs again;
     so does a result of another measurement (another sweep run into the same directory: Hydra numbers
@@ -73,10 +85,25 @@ def finished_result(job_dir: Path, config: dict) -> tuple:
         aside = set_aside(job_dir, "previous")
         return None, (f"{path} is the result of another config ({', '.join(changed[:6])} differ); "
                       f"moved to {aside.name}, the job runs again")
-    rerun = config["rerun"]
-    if result.status not in KEEP[rerun]:
-        return None, f"earlier result was {result.status}: rerun={rerun} runs it again"
     return result, ""
+
+
+def _written_since(result: Result, since: float) -> bool:
+    return datetime.fromisoformat(result.timestamp).timestamp() >= since - 1
+
+
+def finished_result(job_dir: Path, config: dict, since: float) -> tuple:
+    """(the result to build on, whether it already answers this round, why the job runs).
+
+    A result this run of the sweep wrote (since `since`: an earlier round) is always built on. One from an
+    earlier run is kept by `rerun`: its rounds that measured the point count, and the job runs only for
+    the rounds it lacks."""
+    result, why = earlier_result(job_dir, config)
+    if result is not None and not _written_since(result, since) and result.status not in KEEP[config["rerun"]]:
+        result, why = None, f"earlier result was {result.status}: rerun={config['rerun']} runs it again"
+    if result is None:
+        return None, False, why
+    return result, result.status != "ok" or rounds_done(result) >= config["round"], ""
 
 
 def _log_since(log_path: Path, offset: int) -> str:
@@ -96,15 +123,16 @@ def _run_in_session(job: Job, job_dir: Path, python: str, progress: Progress) ->
     """isolate=false: measure in the worker that already holds this model, or start one.
     Returns (exit code or None, where in the session's log this job's output starts)."""
     config = job.config
-    session_dir = job_dir / SESSION_DIR
+    session_dir = job_dir / SESSION_DIR / f"{job.attempt:04d}"  # a session of its own: no stale job files
     session = session_for(config, lambda key: WorkerSession(
         key, launcher_command(config, python, session_dir, visible_gpus()), session_dir))
     job.log = str(session.log_path)
     write_job(job_dir, job)
     with open(job_dir / LOG_FILE, "a") as log:
         log.write(f"measured in the shared worker of {session.session_dir}; its log: {session.log_path}\n")
+    _take_lease(job_dir, job.attempt, session.proc.pid)
     offset = _size(session.log_path)
-    return session.run(job_dir, config["timeout_s"], progress.tick), offset
+    return session.run(job_dir, attempt_path(job_dir, job.attempt), config["timeout_s"], progress.tick), offset
 
 
 def run_job(cfg: DictConfig) -> Result | dict:
@@ -122,47 +150,81 @@ def run_job(cfg: DictConfig) -> Result | dict:
         multinode.release(config, job_dir, launch=False)
 
 
+def _take_lease(job_dir: Path, attempt: int, pgid: int | None) -> None:
+    write_lease(job_dir, Lease(attempt=attempt, host=socket.gethostname(), pid=os.getpid(), pgid=pgid,
+                               started=time.time()))
+
+
+def end_orphans(job_dir: Path) -> str | None:
+    """The processes of an earlier attempt that outlived their runner (kill -9 of the runner leaves the
+    launcher and its ranks running, in a process group of their own): their whole group is ended before
+    the job runs again. Returns what was done, or None. Only on the host that started them."""
+    lease = read_lease(job_dir)
+    if lease is None or not lease.pgid or lease.host != socket.gethostname() or lease.pid == os.getpid():
+        return None
+    members = [p for p in psutil.process_iter() if _in_group(p, lease.pgid)]
+    if not members:
+        return None
+    for sig in (signal.SIGTERM, signal.SIGCONT):
+        for p in members:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.send_signal(sig)
+    _, alive = psutil.wait_procs(members, timeout=5)
+    for p in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(alive, timeout=5)
+    return (f"ended {len(members)} process(es) of attempt {lease.attempt} left running by runner pid {lease.pid} "
+            f"(process group {lease.pgid}, started {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(lease.started))})")
+
+
+def _in_group(process: psutil.Process, pgid: int) -> bool:
+    try:
+        return os.getpgid(process.pid) == pgid
+    except (ProcessLookupError, psutil.NoSuchProcess):
+        return False
+
+
 def _run_job(config: dict, job_dir: Path) -> Result:
     run_id, index, total, started, sweep_dir = _sweep_position()
     log_path = job_dir / LOG_FILE
     job = Job(run_id=run_id, job=index, config=config, log=str(log_path), job_dir=str(job_dir), sweep_dir=sweep_dir)
     progress = Progress(index, total, started, job_dir, job_label(config))
-    kept, why = finished_result(job_dir, config)
-    if kept is not None:
-        progress.done(kept, earlier=True)
-        return kept
+    ended = end_orphans(job_dir)
+    if ended:
+        progress.phase(ended)
+    previous, done, why = finished_result(job_dir, config, started)
+    if done:
+        progress.done(previous, earlier=True)
+        return previous
     if why:
         progress.phase(why)
+    began = time.time()
     try:
         result = _run(job, job_dir, log_path, progress)
     except KeyboardInterrupt as e:
-        _interrupted(job_dir, log_path, e)
+        _interrupted(log_path, e)
         raise
+    result = add_round(previous, result, config["round"], began)
     write_result(job_dir, result)
     progress.done(result)
     return result
 
 
-def _interrupted(job_dir: Path, log_path: Path, exc: KeyboardInterrupt) -> None:
-    """The runner was interrupted during this job (its processes are already ended): say so in the log, and
-    leave no result that was only the interruption's doing, so that a resume runs the job again."""
+def _interrupted(log_path: Path, exc: KeyboardInterrupt) -> None:
+    """The runner was interrupted during this job (its processes are already ended): say so in the log. The
+    job's result.json is untouched (the worker writes only its attempt's file), so a resume finds the
+    result of before, if there was one, and runs the job again otherwise."""
     with open(log_path, "a") as log:
         log.write(f"\n=== interrupted ({exc or 'SIGINT'}): the job's processes were ended; "
-                  "no result, it runs again on resume\n")
-    try:
-        result = read_result(job_dir)
-    except CorruptResult:
-        set_aside(job_dir, "interrupted")
-        return
-    if result is not None and result.status not in ("ok", "oom"):
-        set_aside(job_dir, "interrupted")
+                  "its earlier result, if any, is kept; it runs again on resume\n")
 
 
-def _ended_ok(job_dir: Path) -> bool:
+def _ended_ok(job_dir: Path, attempt: int) -> bool:
     """Whether the worker wrote an `ok` result; a job that did not end ok keeps its processes until they exit,
     so that how they ended (a rank's signal, the launcher's words) can name the cause."""
     try:
-        result = read_result(job_dir)
+        result = read_attempt(job_dir, attempt)
     except CorruptResult:
         return False
     return result is not None and result.status == "ok"
@@ -187,8 +249,9 @@ def _run(job: Job, job_dir: Path, log_path: Path, progress: Progress) -> Result:
     if reason:
         return new_result(job, "invalid", reason)
 
-    for stale in (RESULT_FILE, PHASE_FILE):
-        (job_dir / stale).unlink(missing_ok=True)
+    (job_dir / PHASE_FILE).unlink(missing_ok=True)
+    job.attempt = next_attempt(job_dir)
+    _take_lease(job_dir, job.attempt, None)
     write_job(job_dir, job)
     if config["model"]["source"] == "synthetic" and not checkpoint_ready(config):
         progress.phase("building synthetic checkpoint")
@@ -204,15 +267,16 @@ def _run(job: Job, job_dir: Path, log_path: Path, progress: Progress) -> Result:
     if config["isolate"]:
         cmd = launcher_command(config, python, job_dir, visible_gpus())
         offset = _size(log_path)
-        rc = run_process(cmd, log_path, config["timeout_s"], on_tick=progress.tick, finished=lambda: _ended_ok(job_dir))
+        rc = run_process(cmd, log_path, config["timeout_s"], on_tick=progress.tick,
+                         finished=lambda: _ended_ok(job_dir, job.attempt),
+                         on_start=lambda proc: _take_lease(job_dir, job.attempt, proc.pid))
     else:
         rc, offset = _run_in_session(job, job_dir, python, progress)
     progress.tick()
-    try:
-        result = read_result(job_dir)
-    except CorruptResult as e:  # never read as a result
-        aside = set_aside(job_dir, "corrupt")
-        return new_result(job, "error", f"the worker left a {e}; moved to {aside.name}")
+    try:  # the result of this attempt only: a late writer of an earlier one can never count
+        result = read_attempt(job_dir, job.attempt)
+    except CorruptResult as e:
+        return new_result(job, "error", f"the worker left a {e}")
     if result is not None:
         if not config["isolate"] and result.status != "ok":
             close_session()  # the worker ends after a job that is not ok: the next job starts a fresh one

@@ -129,11 +129,12 @@ def release_shared_memory(cmd: list) -> None:
 
 
 def run_process(cmd: list, log_path: Path, timeout_s: float, env: dict | None = None,
-                on_tick: Callable[[], None] = lambda: None, finished: Callable[[], bool] = lambda: False) -> int | None:
+                on_tick: Callable[[], None] = lambda: None, finished: Callable[[], bool] = lambda: False,
+                on_start: Callable[[subprocess.Popen], None] = lambda proc: None) -> int | None:
     """Run `cmd` with its output appended to `log_path`; its exit code, or None if it timed out.
 
     The process tree is killed on timeout and on any interruption of the runner (Ctrl-C included), and
-    once `finished()` says its work is done: the launchers' own shutdown (DeepSpeed's polls every second,
+    once `finished()` says its work is done (on_start(proc) is told of the process first): the launchers' own shutdown (DeepSpeed's polls every second,
     then every rank tears down its interpreter) took seconds per job after the result was written; 0 then.
     """
     deadline = time.monotonic() + timeout_s
@@ -143,6 +144,7 @@ def run_process(cmd: list, log_path: Path, timeout_s: float, env: dict | None = 
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env or job_environment(),
                                 start_new_session=True)
         try:
+            on_start(proc)
             while True:
                 try:
                     rc = proc.wait(timeout=0.5)

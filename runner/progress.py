@@ -33,6 +33,8 @@ def job_label(config: dict) -> str:
         label += f" offload={config['offload']['name']}"
     if config["stack"]:
         label += f" stack={config['stack']}"
+    if config.get("rounds", 1) > 1:
+        label += f" round {config['round']}/{config['rounds']}"
     return label
 
 

@@ -2,7 +2,7 @@
 
 With `isolate=false`, consecutive jobs whose configs have the same load key (core/jobdir.py: they differ
 only in batch size, token counts, or keys that are not measured) are handed to the same worker through
-numbered files in a session directory; every rank reads them, rank 0 writes each job's result. A job
+numbered files in a session directory; every rank reads them, rank 0 writes each job's attempt result. A job
 whose worker dies or times out ends the session; the next job starts a fresh one.
 """
 import atexit
@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from core.jobdir import RESULT_FILE, SESSION_MARKER, STOP_FILE, atomic_write, load_key, session_job_file
+from core.jobdir import SESSION_MARKER, STOP_FILE, atomic_write, load_key, session_job_file
 from runner.launch import job_environment, kill_tree
 
 
@@ -30,14 +30,14 @@ class WorkerSession:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def run(self, job_dir: Path, timeout_s: float, on_tick: Callable[[], None]) -> int | None:
-        """Hand the job to the worker and wait for its result: 0 when it came, the worker's exit code
-        if it died first, None on timeout (the session is then killed)."""
+    def run(self, job_dir: Path, result_path: Path, timeout_s: float, on_tick: Callable[[], None]) -> int | None:
+        """Hand the job to the worker and wait for its attempt's result file: 0 when it came, the worker's
+        exit code if it died first, None on timeout (the session is then killed)."""
         atomic_write(session_job_file(self.session_dir, self.jobs), str(job_dir))
         self.jobs += 1
         deadline = time.monotonic() + timeout_s
         try:
-            while not (job_dir / RESULT_FILE).exists():
+            while not result_path.exists():
                 if not self.alive():
                     self.close(kill=True)  # what the launcher left behind (a rank, a worker it lost)
                     return self.proc.returncode
@@ -65,10 +65,10 @@ _current: WorkerSession | None = None
 
 
 def session_for(config: dict, start: Callable[[str], WorkerSession]) -> WorkerSession:
-    """The live session that holds this job's model (same load key), or a new one, start(key), closing the
-    session of another key."""
+    """The live session that holds this job's model (same load key, same round: a round is a process of its
+    own), or a new one, start(key), closing the session of another key."""
     global _current
-    key = load_key(config)
+    key = f"{load_key(config)} round={config.get('round', 1)}"
     if _current is not None and (_current.key != key or not _current.alive()):
         close_session()
     if _current is None:

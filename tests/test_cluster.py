@@ -17,8 +17,8 @@ pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
 
 from hydra import compose, initialize_config_dir
 
-from hydra_plugins.infersweep_launcher.launcher import job_launch_params, sbatch_script
 from backends import lookup
+from hydra_plugins.infersweep_launcher.launcher import job_launch_params, sbatch_script
 from runner import multinode
 from runner.config import register_configs
 from runner.launch import launcher_command

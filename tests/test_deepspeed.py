@@ -237,7 +237,7 @@ def test_out_of_memory_on_ranks_is_oom(tmp_path, cache_dir):
                        "new_tokens=4", "repeats=1", "host_mem_limit_gib=1.5", "timeout_s=240",
                        f"hydra.run.dir={tmp_path}"],
                       cache_dir, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 3, proc.stderr[-3000:]
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["status"] == "oom", result["reason"]
     assert result["load_s"] > 0
@@ -292,7 +292,7 @@ def test_nvme_offload(tmp_path, cache_dir):
     nvme.mkdir()
     proc = run_runner(["backend=ds-zero", "offload=nvme", f"offload.path={nvme}", *QUICK,
                        f"hydra.run.dir={tmp_path / 'job'}"], cache_dir, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 3, proc.stderr[-3000:]
     result = json.loads((tmp_path / "job" / "result.json").read_text())
     if result["status"] == "ok":
         assert result["backend_info"]["offload_param"] == "nvme"

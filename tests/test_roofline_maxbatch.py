@@ -181,7 +181,7 @@ def test_sdpa_is_invalid_for_bloom(tmp_path):
 
 def test_a_batch_size_that_is_not_a_number_is_an_invalid_result(tmp_path, cache_dir):
     proc = run_runner(["batch_size=abc", f"hydra.run.dir={tmp_path}"], cache_dir)
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 3, proc.stderr
     r = json.loads((tmp_path / "result.json").read_text())
     assert (r["status"], r["reason"]) == ("invalid", "batch_size=abc: allowed: a positive int or max")
 

@@ -68,7 +68,7 @@ class TestAccelerateSweep:
 def test_out_of_memory_is_a_result(tmp_path, cache_dir):
     proc = run_runner(["batch_size=8192", "prompt_tokens=64", "new_tokens=4", "repeats=1",
                        "host_mem_limit_gib=0.5", f"hydra.run.dir={tmp_path}"], cache_dir)
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 3, proc.stderr
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["status"] == "oom", result["reason"]
     assert "allocate" in result["reason"]
@@ -78,7 +78,7 @@ def test_out_of_memory_is_a_result(tmp_path, cache_dir):
 def test_timeout_kills_the_whole_tree(tmp_path, cache_dir):
     start = time.monotonic()
     proc = run_runner(["timeout_s=2", f"hydra.run.dir={tmp_path}"], cache_dir)
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 3, proc.stderr
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["status"] == "timeout"
     assert "timeout_s=2" in result["reason"]
@@ -119,7 +119,7 @@ def test_shared_worker_loads_the_model_once(tmp_path, cache_dir):
     assert [r["status"] for r in res] == ["ok", "ok", "ok"]
     assert {r["model_loaded_by_job"] for r in res} == {0}
     assert len({r["load_s"] for r in res}) == 1
-    assert {r["log"] for r in res} == {str(tmp_path / "0" / "session" / "worker.log")}
+    assert {r["log"] for r in res} == {str(tmp_path / "0" / "session" / "0001" / "worker.log")}
     assert "measured in the shared worker" in (tmp_path / "1" / "job.log").read_text()
     left = [p for p in psutil.process_iter(["cmdline"]) if str(tmp_path) in " ".join(p.info["cmdline"] or [])]
     assert left == []

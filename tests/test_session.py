@@ -13,4 +13,4 @@ def test_a_job_after_an_oom_in_the_shared_worker_gets_a_fresh_worker(tmp_path, c
     assert oom["status"] == "oom" and "allocate" in oom["reason"]
     assert ok["status"] == "ok", ok["reason"]
     assert (oom["model_loaded_by_job"], ok["model_loaded_by_job"]) == (0, 1)
-    assert ok["log"] == str(tmp_path / "1" / "session" / "worker.log")
+    assert ok["log"] == str(tmp_path / "1" / "session" / "0001" / "worker.log")

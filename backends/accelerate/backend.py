@@ -68,7 +68,7 @@ class AccelerateBackend:
     def use_static_cache(self) -> None:
         """generate() with a static KV cache, which transformers compiles (torch.compile of the forward,
         its default mode reduce-overhead: CUDA graphs where they can be captured). Wrapping the forward in
-        torch.compile by hand fails over the static cache (docs: ../shared/device/README.md); this route
+        torch.compile by hand fails over the static cache (CUDA graphs overwritten between calls); this route
         runs. On the CPU transformers compiles only when told to (_compile_all_devices)."""
         from transformers.generation.configuration_utils import CompileConfig
 

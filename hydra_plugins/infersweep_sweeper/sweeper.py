@@ -1,0 +1,78 @@
+"""hydra/sweeper=infersweep (conf/config.yaml's default): Hydra's basic sweeper, plus `rounds=R`.
+
+With rounds=1 it is the basic sweeper. With R > 1 every job of the sweep is measured in R separate worker
+processes, scheduled in interleaved rounds over the whole sweep: every job's round 1, then every job's
+round 2, ..., the order within each round shuffled (seed `round_seed` in sweep.json), so that the drift of
+a machine between processes minutes apart hits every point alike. A job keeps its number (its directory)
+in every round and is launched with `round=k`; the runner adds each round to the job's result
+(core/rounds.py). Jobs that share a loaded model (isolate=false: same load key) stay together in a round,
+so that a round is one worker process over their batch sizes.
+"""
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+from core.jobdir import GENERATION_KEYS, read_sweep
+
+
+@dataclass
+class InfersweepSweeperConf:
+    _target_: str = "hydra_plugins.infersweep_sweeper.sweeper.RoundsSweeper"
+    max_batch_size: int | None = None
+    params: dict | None = None
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="infersweep", node=InfersweepSweeperConf,
+                             provider="infersweep")
+
+
+def _group_key(overrides: list, together: bool) -> str:
+    """Jobs with equal keys run one after another within a round: those that differ only in generation
+    keys when they share a loaded worker (together), else every job on its own."""
+    if not together:
+        return "\n".join(overrides)
+    return "\n".join(o for o in overrides if o.lstrip("+~").split("=", 1)[0] not in GENERATION_KEYS)
+
+
+def round_order(jobs: list, together: bool, seed: int, round_number: int) -> list:
+    """(job number, overrides) of every job in the order round `round_number` runs them: the groups of
+    jobs shuffled (seed + round: another order each round, the same on every resume), a group's jobs in
+    sweep order."""
+    groups: dict = {}
+    for number, overrides in enumerate(jobs):
+        groups.setdefault(_group_key(overrides, together), []).append((number, overrides))
+    order = list(groups.values())
+    random.Random(seed * 1000 + round_number).shuffle(order)
+    return [job for group in order for job in group]
+
+
+class RoundsSweeper(BasicSweeper):
+    def sweep(self, arguments: list) -> list:
+        rounds = int(self.config.get("rounds", 1))
+        if rounds == 1:
+            return super().sweep(arguments)
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        overrides = parser.parse_overrides(self._parse_config() + list(arguments))
+        if any(o.key_or_group in ("rounds", "round") for o in overrides if o.is_sweep_override()):
+            raise ValueError("rounds: one value for the whole sweep (allowed: a single positive int)")
+        jobs = [list(job) for batch in self.split_arguments(overrides, None) for job in batch]
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        seed = int(read_sweep(sweep_dir).get("round_seed", 0))
+        together = not bool(self.config.get("isolate", True))
+        returns = []
+        for k in range(1, rounds + 1):
+            for number, job in round_order(jobs, together, seed, k):
+                batch = [job + [f"round={k}"]]
+                self.validate_batch_is_legal(batch)
+                results = self.launcher.launch(batch, initial_job_idx=number)
+                for r in results:
+                    _ = r.return_value  # a job that raised fails the sweep, as in the basic sweeper
+                returns.append(results)
+        return returns

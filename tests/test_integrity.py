@@ -1,0 +1,104 @@
+"""Results that survive, injected for real: one runner per sweep directory, the orphans of a runner killed
+with kill -9, an unusable history, and rounds (interleaved, resumed round by round)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+from conftest import ROOT, history_of, results, run_runner
+from test_faults import SMALL, fault_stack
+
+
+def runner_env(cache) -> dict:
+    return {**os.environ, "INFERSWEEP_CACHE": str(cache), "INFERSWEEP_HISTORY": str(history_of(cache)),
+            "CUDA_VISIBLE_DEVICES": ""}
+
+
+def wait_for(predicate, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.2)
+
+
+def _group(process: psutil.Process) -> int | None:
+    try:
+        return os.getpgid(process.pid)
+    except (ProcessLookupError, psutil.NoSuchProcess):
+        return None
+
+
+def test_a_second_runner_exits_2_naming_the_holder_and_a_dead_holder_is_taken_over(tmp_path, cache_dir):
+    sweep = tmp_path / "sweep"
+    first = subprocess.Popen([sys.executable, "-m", "runner", "-m", f"stack={fault_stack(tmp_path, 'sleep')}",
+                              "timeout_s=300", *SMALL, f"hydra.sweep.dir={sweep}"], cwd=ROOT,
+                             env=runner_env(cache_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    try:
+        wait_for(lambda: (sweep / "0" / "lease.json").exists())
+        second = run_runner(["-m", *SMALL, f"hydra.sweep.dir={sweep}"], cache_dir)
+        assert second.returncode == 2
+        assert f"is in use by another runner (host {os.uname().nodename}, pid {first.pid}," in second.stderr
+        assert not (sweep / "0" / "result.json").exists()
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # the runner and what it launched
+        first.wait()
+    third = run_runner(["-m", "dtype=int8", f"hydra.sweep.dir={sweep}"], cache_dir)
+    assert "took over the lock of a runner that is no longer running" in third.stderr
+    assert f"pid {first.pid}" in third.stderr and third.returncode == 3  # int8 is invalid on the CPU
+
+
+def test_kill_9_of_the_runner_leaves_no_orphan_writing_the_result(tmp_path, cache_dir):
+    """The runner is killed with kill -9 while its worker runs: the launcher and worker live on in their own
+    process group. The next run ends that group before measuring again, and only the attempt that holds
+    the lease becomes the result."""
+    sweep = tmp_path / "sweep"
+    first = subprocess.Popen([sys.executable, "-m", "runner", "-m", f"stack={fault_stack(tmp_path, 'sleep')}",
+                              "timeout_s=300", *SMALL, f"hydra.sweep.dir={sweep}"], cwd=ROOT,
+                             env=runner_env(cache_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lease_path = sweep / "0" / "lease.json"
+    wait_for(lambda: lease_path.exists() and json.loads(lease_path.read_text())["pgid"])
+    lease = json.loads(lease_path.read_text())
+    orphans = [p for p in psutil.process_iter() if _group(p) == lease["pgid"]]
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert orphans and all(p.is_running() for p in orphans)  # left running by the dead runner
+
+    proc = run_runner(["-m", *SMALL, f"hydra.sweep.dir={sweep}"], cache_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"of attempt 1 left running by runner pid {first.pid} (process group {lease['pgid']}" in proc.stderr
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in orphans)
+    result = results(sweep)[0]
+    assert result["status"] == "ok" and json.loads(lease_path.read_text())["attempt"] == 2
+    assert sorted(p.name for p in (sweep / "0" / "attempts").iterdir()) == ["0002.json"]
+
+
+def test_an_unusable_history_stops_the_sweep_before_any_job(tmp_path, cache_dir):
+    proc = run_runner(["-m", *SMALL, f"hydra.sweep.dir={tmp_path / 'sweep'}"], cache_dir, history=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == f"error: INFERSWEEP_HISTORY={tmp_path}: is a directory, not a file"
+    assert not list((tmp_path / "sweep").rglob("job.json"))
+
+
+def test_rounds_interleave_over_the_sweep_and_resume_runs_only_the_rounds_missing(tmp_path, cache_dir):
+    sweep = tmp_path / "sweep"
+    args = ["-m", "batch_size=1,2", "new_tokens=4", "repeats=1", "prompt_tokens=4", f"hydra.sweep.dir={sweep}"]
+    proc = run_runner([*args, "rounds=2"], cache_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    done = results(sweep)
+    for r in done:
+        assert [x["round"] for x in r["rounds"]] == [1, 2] and all(x["status"] == "ok" for x in r["rounds"])
+        assert r["ms_per_token"] == sum(x["ms_per_token"] for x in r["rounds"]) / 2  # the median of two rounds
+    # interleaved: both jobs' round 1 ended before either job's round 2 started
+    assert max(r["rounds"][0]["ended"] for r in done) <= min(r["rounds"][1]["started"] for r in done)
+    assert "round_seed" in json.loads((sweep / "sweep.json").read_text())
+
+    proc = run_runner([*args, "rounds=3"], cache_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    again = results(sweep)
+    for before, after in zip(done, again, strict=True):
+        assert after["rounds"][:2] == before["rounds"] and after["rounds"][2]["round"] == 3
+    assert proc.stderr.count("[kept from an earlier run]") == 4  # rounds 1 and 2 of both jobs
