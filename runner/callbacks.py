@@ -11,6 +11,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from core.jobdir import SweepLocked, lock_sweep, new_run_id, read_sweep, write_sweep
+from runner.config import unknown_key
 from runner.session import close_session
 
 TABLE_FILE = "seed_table.csv"
@@ -39,6 +40,9 @@ class SweepTable(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Before any job: take the sweep directory (one runner at a time), check the history can be written,
         record the sweep."""
+        problem = unknown_key(config)
+        if problem:
+            bad_input(problem)
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         try:

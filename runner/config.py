@@ -4,14 +4,15 @@ own (its spec's) is the option `backend=<name>`.
 The yaml files under conf/ pick these schemas as defaults, so a typo'd key, a wrong type or an
 unknown option fails at compose time, before any job runs.
 """
-from dataclasses import dataclass, field
+import difflib
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from backends import specs
+from backends import lookup, names, specs
 from runner.slurm import ClusterConfig
 from runner.stack import visible_gpus
 
@@ -110,6 +111,32 @@ def register_configs() -> None:
     cs.store(group="schema", name="dtype", node=DtypeConfig)
     cs.store(group="schema", name="offload", node=OffloadConfig)
     cs.store(group="schema", name="model", node=ModelConfig)
+
+
+GROUP_SCHEMAS = {"dtype": DtypeConfig, "offload": OffloadConfig, "model": ModelConfig, "cluster": ClusterConfig}
+
+
+def unknown_key(cfg: DictConfig) -> str | None:
+    """A key the schema does not know (a `+key=value` typo, which Hydra adds instead of refusing), as one
+    line naming it, its value and the nearest known key; None when every key is known."""
+    def check(node: DictConfig, schema: type, prefix: str) -> str | None:
+        known = [f.name for f in fields(schema)]
+        for key in node:
+            if key not in known and not (prefix == "" and key == "hydra"):
+                near = difflib.get_close_matches(str(key), known, n=1)
+                hint = f" (did you mean {prefix}{near[0]}?)" if near else ""
+                return (f"{prefix}{key}={OmegaConf.to_container(node, resolve=False)[key]}: unknown key{hint}; "
+                        "`python -m runner --cfg job` lists the keys")
+        return None
+
+    sections = [(cfg, SweepConfig, "")] + [(cfg[g], s, f"{g}.") for g, s in GROUP_SCHEMAS.items() if g in cfg]
+    if "backend" in cfg and cfg.backend.get("name") in names():
+        sections.append((cfg.backend, lookup(cfg.backend.name).config, "backend."))
+    for node, schema, prefix in sections:
+        problem = check(node, schema, prefix)
+        if problem:
+            return problem
+    return None
 
 
 def resolve(cfg: DictConfig) -> dict:

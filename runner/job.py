@@ -38,7 +38,8 @@ from core.jobdir import (
 )
 from core.rounds import add_round, rounds_done
 from runner import multinode
-from runner.config import resolve
+from runner.callbacks import bad_input
+from runner.config import resolve, unknown_key
 from runner.failure import failure_reason, signal_death
 from runner.launch import launcher_command, run_process
 from runner.progress import Progress, job_label
@@ -139,6 +140,9 @@ def run_job(cfg: DictConfig) -> Result | dict:
     """The job of Hydra's current job directory. On a follower node of a multi-node job: start this node's
     ranks instead (follow). On the first node, the followers are released however the job ends (invalid,
     kept from an earlier run, failed before launching, or done), so that none waits in vain."""
+    problem = unknown_key(cfg)
+    if problem:  # a single run (a multirun checks before its first job: runner/callbacks.py)
+        bad_input(problem)
     job_dir = Path(HydraConfig.get().runtime.output_dir)
     job_dir.mkdir(parents=True, exist_ok=True)
     config = resolve(cfg)

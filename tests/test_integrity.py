@@ -102,3 +102,15 @@ def test_rounds_interleave_over_the_sweep_and_resume_runs_only_the_rounds_missin
     for before, after in zip(done, again, strict=True):
         assert after["rounds"][:2] == before["rounds"] and after["rounds"][2]["round"] == 3
     assert proc.stderr.count("[kept from an earlier run]") == 4  # rounds 1 and 2 of both jobs
+
+
+def test_a_misspelt_key_added_with_plus_is_refused_with_a_did_you_mean(tmp_path, cache_dir):
+    """Hydra adds `+key=value` to the config whatever the key: a typo would be accepted and ignored."""
+    for args, line in ((["-m", "+batchsize=3", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+                        "error: batchsize=3: unknown key (did you mean batch_size?)"),
+                       (["+backend.compil=true", f"hydra.run.dir={tmp_path / 'run'}"],
+                        "error: backend.compil=True: unknown key (did you mean backend.compile?)")):
+        proc = run_runner(args, cache_dir)
+        assert proc.returncode == 2
+        assert proc.stderr.strip().splitlines()[-1].startswith(line)
+    assert not list(tmp_path.rglob("job.json"))
