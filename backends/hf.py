@@ -17,8 +17,8 @@ def dtype_kwargs(dtype: torch.dtype) -> dict:
 
 
 def import_model_code(checkpoint: str) -> None:
-    """Imports the checkpoint architecture's transformers modelling module: a cost of the process's first
-    model (1.1 s on a CPU), not of loading one, so the worker pays it before load_s starts."""
+    """Imports the checkpoint architecture's transformers modelling module: a one-off cost of the process's
+    first model (about a second), not of loading one, so the worker pays it before load_s starts."""
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
@@ -29,7 +29,7 @@ def import_model_code(checkpoint: str) -> None:
 
 def greedy_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, new_tokens: int,
                     **extra) -> torch.Tensor:
-    """Greedy decoding of exactly `new_tokens` tokens with the KV cache on (the seed's generate args)."""
+    """Greedy decoding of exactly `new_tokens` tokens with the KV cache on."""
     with torch.no_grad():
         return model.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=False,
                               max_new_tokens=new_tokens, min_new_tokens=new_tokens, use_cache=True,

@@ -2,8 +2,8 @@
 
 Doubling from 1 until a batch runs out of memory (or the cap is reached), then bisection between the
 largest batch that fitted and the smallest that did not, until they are within 1/RESOLUTION of the first
-(exact below RESOLUTION: on the GPU a try of a 7B model at batch ~1000 takes ~15 s, and the last steps of
-an exact bisection cost minutes to move the answer by 1-3%). A try is one full generate of `new_tokens`
+(exact below RESOLUTION: a try at a large batch takes seconds, and an exact bisection's last steps would
+cost minutes to move the answer by a few percent). A try is one full generate of `new_tokens`
 tokens from `prompt_tokens`-token prompts (what the measurement then runs); memory is released between
 tries. Every try is recorded: the search is part of the result.
 """

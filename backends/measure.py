@@ -1,6 +1,6 @@
 """The measurement loop every backend shares: seeded prompts, one warm-up, `repeats` timed generates.
 
-Metric definitions (ARCHITECTURE.md):
+Metric definitions (docs/architecture.md):
   ms_per_token       wall time of one generate / (batch_size * new_tokens), median over repeats
   ttft_ms            one forward over the prompt batch giving the first token (a generate of 1 token)
   decode_ms_per_step (generate time - ttft) / (new_tokens - 1): one step for the whole batch

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from core.jobdir import read_job
 
-# The dtype a checkpoint is stored in: int8 is quantised from fp16 at load time, as the seed did.
+# The dtype a checkpoint is stored in: int8 is quantised from fp16 at load time.
 STORAGE_DTYPE = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "int8": "float16"}
 
 
@@ -83,7 +83,7 @@ def synthetic_params(model: dict) -> int:
 def check_free_space(config: dict, nbytes: int) -> None:
     """Refuse to start writing `nbytes` into the cache (a synthetic checkpoint, DeepSpeed's torch-pickled
     copy of one) where the disk cannot hold them: a full disk otherwise fails the write half-way, after
-    minutes (the GPU machine's 64 GB filled with 7-8B shapes)."""
+    minutes."""
     root = cache_root(config)
     root.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(root).free
@@ -138,7 +138,6 @@ def build_checkpoint(config: dict) -> Path:
     dtype = getattr(torch, STORAGE_DTYPE[config["dtype"]["name"]])
     check_free_space(config, synthetic_params(config["model"]) * dtype.itemsize)
     with torch.device("meta"):
-        # dtype_kwargs: `torch_dtype` on the transformers 4.43.4 stack that DeepSpeed's BLOOM kernels need
         skeleton = AutoModelForCausalLM.from_config(synthetic_config(config["model"]), **dtype_kwargs(dtype))
     params = dict(skeleton.named_parameters())  # a tied output head appears once, as the embedding
     plan = _shard_plan(list(params.items()), dtype.itemsize)

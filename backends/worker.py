@@ -81,9 +81,8 @@ def gather_ranks(fields: dict) -> dict:
     """Multi-rank jobs: every rank's own figures, gathered to rank 0. It is also the point where rank 0
     knows that every rank finished: a rank that failed never gets here, and the launcher kills the rest.
 
-    Each rank allocates on its own GPU only, so the job's peak memory per device is each rank's peak (one
-    GPU a rank; a CPU rank's own process), and the job's peak their maximum: rank 0 alone sees the other
-    GPUs as empty (it measured 0.0 GiB for the GPU that rank 1 filled, on 2 H200s)."""
+    Each rank allocates on its own device only (its GPU, or on the CPU its own process), and rank 0's
+    allocator sees the other GPUs as empty: the peak per device is each rank's own, the job's their maximum."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
@@ -109,7 +108,7 @@ def search_max_batch(backend, config: dict, vocab: int, stream: int, fields: dic
     found and the size measured (max_batch_size) are recorded in `fields` with the measurement."""
     def fits(b: int) -> None:
         ids, mask = prompts({**config, "batch_size": b}, vocab, stream, backend.input_device())
-        for _ in range(2):  # as measured: the next generate starts before the last one's garbage is collected
+        for _ in range(2):  # as in measure(): a generate starts before the previous one's memory is freed
             backend.generate(ids, mask, config["new_tokens"])
         synchronize()
 

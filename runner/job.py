@@ -45,7 +45,7 @@ from runner.launch import launcher_command, run_process
 from runner.progress import Progress, job_label
 from runner.session import WorkerSession, close_session, session_for
 from runner.stack import interpreter, probe, visible_gpus
-from runner.validate import invalid_reason
+from runner.validate import invalid_reason, preflight_reason
 
 
 def _sweep_position() -> tuple:
@@ -140,12 +140,13 @@ def run_job(cfg: DictConfig) -> Result | dict:
     """The job of Hydra's current job directory. On a follower node of a multi-node job: start this node's
     ranks instead (follow). On the first node, the followers are released however the job ends (invalid,
     kept from an earlier run, failed before launching, or done), so that none waits in vain."""
-    problem = unknown_key(cfg)
-    if problem:  # a single run (a multirun checks before its first job: runner/callbacks.py)
-        bad_input(problem)
+    config = resolve(cfg)
+    if HydraConfig.get().mode != RunMode.MULTIRUN:  # a multirun checks every job before its first one
+        problem = unknown_key(cfg) or preflight_reason(config, visible_gpus())
+        if problem:
+            bad_input(problem)
     job_dir = Path(HydraConfig.get().runtime.output_dir)
     job_dir.mkdir(parents=True, exist_ok=True)
-    config = resolve(cfg)
     if multinode.follower(config):
         return follow(config, job_dir)
     try:

@@ -40,9 +40,15 @@ def probe(python: str) -> Stack:
     if not (os.path.isfile(python) and os.access(python, os.X_OK)) and shutil.which(python) is None:
         raise ValueError(f"stack={python}: no such Python interpreter (allowed: a python executable or an env dir)")
     out = subprocess.run([python, "-c", _PROBE], check=False, capture_output=True, text=True, timeout=60)
-    if out.returncode != 0:
-        raise ValueError(f"stack={python}: interpreter failed to start: {out.stderr.strip().splitlines()[-1:]}")
-    info = json.loads(out.stdout)
+    if out.returncode != 0 or not out.stdout.strip():
+        said = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ValueError(f"stack={python}: does not run as Python (exit code {out.returncode}: {said}) "
+                         "(allowed: a python executable or an env dir)")
+    try:
+        info = json.loads(out.stdout)
+    except ValueError:
+        raise ValueError(f"stack={python}: does not run as Python (it printed {out.stdout.strip()[:60]!r}) "
+                         "(allowed: a python executable or an env dir)") from None
     return Stack(python=python, python_version=info["python"], versions=info["versions"])
 
 

@@ -7,9 +7,9 @@ import psutil
 
 from backends import lookup
 from backends.spec import Stack
-from backends.synthetic import SYNTHETIC_ARCHS, synthetic_params
+from backends.synthetic import SYNTHETIC_ARCHS, cache_root, synthetic_params
 from runner.multinode import nodes_reason
-from runner.stack import gpu_memory_gib
+from runner.stack import gpu_memory_gib, interpreter, probe
 
 
 def batch_size_error(config: dict) -> str | None:
@@ -151,3 +151,59 @@ def invalid_reason(config: dict, stack: Stack, gpus: tuple) -> str | None:
     """Why the job described by the resolved `config` cannot run on `stack` and `gpus`, or None."""
     return (_positive(config) or nodes_reason(config) or _gpus(config, gpus) or _backend(config, stack)
             or _offload(config) or _model(config) or _fits(config, gpus))
+
+
+# -- before any job: the inputs a whole sweep depends on, as one line each (runner exits 2) ----------------
+
+
+def _kv_cache_gib(config: dict) -> float:
+    """GiB of the KV cache a generate of the job holds at its end (a synthetic shape): keys and values of
+    every layer for every token of every sequence."""
+    model = config["model"]
+    kv_width = model["hidden_size"] * (model["n_kv_head"] or model["n_head"]) // model["n_head"]
+    tokens = config["batch_size"] * (config["prompt_tokens"] + config["new_tokens"])
+    return 2 * model["n_layer"] * kv_width * WEIGHT_BYTES[config["dtype"]["name"]] * tokens / 2**30
+
+
+def _memory_guard(config: dict, gpus: tuple) -> str | None:
+    """A batch size whose weights and KV cache alone exceed all the memory of the devices that hold them:
+    it could only end in an out-of-memory, after a launch and a load (synthetic shapes; a checkpoint's
+    size is known only once loaded)."""
+    model = config["model"]
+    if model["source"] != "synthetic" or config["batch_size"] == "max" or config["offload"]["name"] != "none":
+        return None
+    need = synthetic_params(model) * WEIGHT_BYTES[config["dtype"]["name"]] / 2**30 + _kv_cache_gib(config)
+    if config["num_gpus"] == 0:
+        have, where = psutil.virtual_memory().total / 2**30, "this machine's RAM"
+    else:
+        sizes = [gpu_memory_gib().get(gpu) for gpu in gpus[:config["num_gpus"]]]
+        if not sizes or None in sizes:
+            return None
+        have, where = sum(sizes) * config["num_nodes"], f"{config['num_gpus']} GPU(s)"
+    if need <= have:
+        return None
+    return (f"batch_size={config['batch_size']}: its weights and KV cache alone need {need:.0f} GiB, more than "
+            f"the {have:.0f} GiB of {where} (allowed: a smaller batch_size, fewer tokens, or batch_size=max)")
+
+
+def preflight_reason(config: dict, gpus: tuple) -> str | None:
+    """Why the sweep cannot start at all, found before anything is launched: a stack interpreter that does
+    not run, a model directory with no checkpoint, a cache_dir that is a file, a batch size that cannot fit."""
+    try:
+        probe(interpreter(config["stack"]))
+    except ValueError as e:
+        return str(e)
+    model = config["model"]
+    if model["source"] == "pretrained" and model["path"]:
+        path = Path(model["path"]).expanduser()
+        if path.is_dir() and not (path / "config.json").is_file():
+            return (f"model.path={model['path']}: holds no checkpoint (no config.json) "
+                    "(allowed: a checkpoint directory or a hub name)")
+        reason = _model(config)
+        if reason:
+            return reason
+    cache = cache_root(config)
+    if cache.exists() and not cache.is_dir():
+        key = "cache_dir" if config["cache_dir"] else "INFERSWEEP_CACHE"
+        return f"{key}={cache}: is a file (allowed: a directory, created where missing)"
+    return _memory_guard(config, gpus)

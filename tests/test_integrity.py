@@ -114,3 +114,28 @@ def test_a_misspelt_key_added_with_plus_is_refused_with_a_did_you_mean(tmp_path,
         assert proc.returncode == 2
         assert proc.stderr.strip().splitlines()[-1].startswith(line)
     assert not list(tmp_path.rglob("job.json"))
+
+
+def test_inputs_the_sweep_cannot_start_with_stop_it_in_one_line_before_any_launch(tmp_path, cache_dir):
+    """Checked for every job before the first launch (a multirun) or before the job (a single run): exit 2,
+    one line naming the key, the value and what is allowed, no job directory made."""
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "file").write_text("")
+    cases = [
+        (["stack=/bin/false"], "error: stack=/bin/false: does not run as Python (exit code 1: no output)"),
+        ([f"stack={tmp_path}/missing/python"], f"error: stack={tmp_path}/missing/python: no such Python interpreter"),
+        (["model=checkpoint", f"model.path={tmp_path}/empty"],
+         f"error: model.path={tmp_path}/empty: holds no checkpoint (no config.json)"),
+        (["model=checkpoint", f"model.path={tmp_path}/missing"], f"error: model.path={tmp_path}/missing: no such directory"),
+        ([f"cache_dir={tmp_path}/file"], f"error: cache_dir={tmp_path}/file: is a file"),
+        (["batch_size=1,100000000"], "error: batch_size=100000000: its weights and KV cache alone need"),
+    ]
+    for n, (overrides, line) in enumerate(cases):
+        runs = [["-m", *overrides, f"hydra.sweep.dir={tmp_path / f'sweep{n}'}"]]
+        if "," not in " ".join(overrides):
+            runs.append([*overrides, f"hydra.run.dir={tmp_path / f'run{n}'}"])
+        for args in runs:
+            proc = run_runner(args, cache_dir)
+            assert proc.returncode == 2, (overrides, proc.stderr[-2000:])
+            assert proc.stderr.strip().splitlines()[-1].startswith(line), proc.stderr[-2000:]
+    assert not list(tmp_path.rglob("job.json")) and not list(tmp_path.rglob("result.json"))

@@ -67,9 +67,9 @@ class AccelerateBackend:
 
     def use_static_cache(self) -> None:
         """generate() with a static KV cache, which transformers compiles (torch.compile of the forward,
-        its default mode reduce-overhead: CUDA graphs where they can be captured). Wrapping the forward in
-        torch.compile by hand fails over the static cache (CUDA graphs overwritten between calls); this route
-        runs. On the CPU transformers compiles only when told to (_compile_all_devices)."""
+        its default mode reduce-overhead: CUDA graphs where they can be captured). Not torch.compile of the
+        forward by hand: with the static cache its CUDA graphs are overwritten between calls. On the CPU
+        transformers compiles only when told to (_compile_all_devices)."""
         from transformers.generation.configuration_utils import CompileConfig
 
         self.model.generation_config.cache_implementation = "static"

@@ -3,7 +3,7 @@ DeepSpeed's fused kernels (kernel injection) or its automatic tensor parallelism
 
 Paths, and how each loads (`backend_info.path` records the one that ran, `path_reason` why):
 
-- kernel_inject: the seed's way. The model is built on the meta device and DeepSpeed streams the
+- kernel_inject: the BLOOM study's way. The model is built on the meta device and DeepSpeed streams the
   weights from a checkpoint description (json listing torch-pickled files; a safetensors-only
   checkpoint is converted once, outside load_s). BLOOM needs transformers <= 4.43.4 (DeepSpeed's
   BLOOM container refuses anything newer), hence the `stack` key; CUDA only.
@@ -99,14 +99,13 @@ class DSInferenceBackend:
     # -- which path ------------------------------------------------------------------------------
 
     def _meta_model(self):
-        # torch's meta device rather than deepspeed.OnDevice (the seed's): OnDevice patches
-        # torch.Tensor.__new__, and torch 2.13's dynamo, first imported inside it by transformers 4.x's
-        # weight init, refuses the patched signature.
+        # Not deepspeed.OnDevice: it patches torch.Tensor.__new__, and torch 2.13's dynamo, first imported
+        # inside it by transformers 4.x's weight init, refuses the patched signature.
         with torch.device("meta"):
             return AutoModelForCausalLM.from_config(self.hf_config, **dtype_kwargs(self.dtype))
 
     def _choose_path(self) -> tuple:
-        """(use kernel injection?, why): backends/ds_inference/spec.py decides, as validation did."""
+        """(use kernel injection?, why), decided by backends/ds_inference/spec.py as at validation."""
         return kernel_path(self.config, self.hf_config.model_type, transformers.__version__,
                            policy_matches=lambda: kernel_policy_matches(self._meta_model()))
 
@@ -200,8 +199,8 @@ class DSInferenceBackend:
     def _save_head_slices(self, model, tmp: Path) -> list:
         """DeepSpeed (0.19.8) writes non-tp.pt from rank 0's state dict alone, but at tp > 1 it has by
         then cut the output head's input columns over the ranks (LmHeadLinearAllreduce): the file holds
-        rank 0's slice, and the reload refuses it ("Merging tensors is not allowed here!"; 2 x H200,
-        bloom-7b1). Each rank saves its slice of every such head; returns their state-dict names."""
+        rank 0's slice, and the reload refuses it ("Merging tensors is not allowed here!"). Each rank
+        saves its slice of every such head; returns their state-dict names."""
         from deepspeed.module_inject.layers import LmHeadLinearAllreduce
 
         names = [f"{n}.weight" for n, m in model.named_modules() if isinstance(m, LmHeadLinearAllreduce)]

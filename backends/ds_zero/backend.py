@@ -1,4 +1,4 @@
-"""DeepSpeed ZeRO-3 inference, as in the seed: the weights partitioned over the ranks (optionally
+"""DeepSpeed ZeRO-3 inference, as in the BLOOM study: the weights partitioned over the ranks (optionally
 offloaded to CPU RAM or NVMe) and gathered layer by layer at every forward.
 
 Every rank generates its own stream (its own prompts, `stream=rank` in the worker) with
@@ -31,7 +31,7 @@ def largest_parameter(hf_config) -> int:
 
 
 def zero3_config(config: dict, hf_config, world: int, nvme_dir: str | None = None) -> dict:
-    """The seed's ZeRO-3 inference config; bucket sizes as ints (DeepSpeed's validator rejects floats)."""
+    """The BLOOM study's ZeRO-3 inference config; bucket sizes as ints (DeepSpeed's validator rejects floats)."""
     h = hidden_size(hf_config)
     name, offload = config["dtype"]["name"], config["offload"]["name"]
     zero = {

@@ -18,6 +18,10 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from core.jobdir import GENERATION_KEYS, read_sweep
+from runner.callbacks import bad_input
+from runner.config import resolve, unknown_key
+from runner.stack import visible_gpus
+from runner.validate import preflight_reason
 
 
 @dataclass
@@ -53,14 +57,15 @@ def round_order(jobs: list, together: bool, seed: int, round_number: int) -> lis
 
 class RoundsSweeper(BasicSweeper):
     def sweep(self, arguments: list) -> list:
-        rounds = int(self.config.get("rounds", 1))
-        if rounds == 1:
-            return super().sweep(arguments)
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         overrides = parser.parse_overrides(self._parse_config() + list(arguments))
         if any(o.key_or_group in ("rounds", "round") for o in overrides if o.is_sweep_override()):
-            raise ValueError("rounds: one value for the whole sweep (allowed: a single positive int)")
+            bad_input("rounds: one value for the whole sweep (allowed: a single positive int)")
         jobs = [list(job) for batch in self.split_arguments(overrides, None) for job in batch]
+        self.check_before_launch(jobs)
+        rounds = int(self.config.get("rounds", 1))
+        if rounds == 1:
+            return super().sweep(arguments)
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
@@ -76,3 +81,16 @@ class RoundsSweeper(BasicSweeper):
                     _ = r.return_value  # a job that raised fails the sweep, as in the basic sweeper
                 returns.append(results)
         return returns
+
+    def check_before_launch(self, jobs: list) -> None:
+        """Every job's config, composed as its launch will compose it, checked before the first launch:
+        an unknown key (a `+key` typo) or an input the sweep cannot start with ends the runner in one line
+        (exit 2), with nothing launched."""
+        for overrides in jobs:
+            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            problem = unknown_key(cfg)
+            if not problem:
+                job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+                problem = preflight_reason(resolve(job), visible_gpus())
+            if problem:
+                bad_input(problem)
