@@ -8,7 +8,7 @@ from typing import Any
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from core.jobdir import SweepLocked, lock_sweep, new_run_id, read_sweep, write_sweep
 from runner.session import close_session
@@ -27,6 +27,38 @@ def sweep_size(overrides: list, params: dict | None = None) -> int:
 # What the sweep measured, for the runner's exit status (runner/__main__.py): jobs that ended ok.
 OUTCOME: dict = {}
 _lock: list = []  # the sweep directory's lock, held until the process ends
+
+
+# Keys a resume may change: how it resumes, how patient it is, where its files and cluster jobs go, and
+# how many rounds it takes (a resume with more rounds adds them).
+RESUME_MAY_CHANGE = ("rerun", "timeout_s", "cache_dir", "cluster", "rounds", "round")
+
+
+def fixed_config(config: DictConfig, overrides: list, params: dict | None) -> dict:
+    """The sweep's config less its axes (the keys its overrides or an experiment's params sweep over):
+    what every job of it shares, as dotted keys."""
+    swept = [f"{key}={value}" for key, value in (params or {}).items()]
+    axes = {o.key_or_group for o in OverridesParser.create().parse_overrides(swept + overrides) if o.is_sweep_override()}
+    plain = OmegaConf.to_container(OmegaConf.masked_copy(config, [k for k in config if k != "hydra"]),
+                                   resolve=True, enum_to_str=True)
+    flat = {}
+
+    def walk(node: dict, prefix: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            else:
+                flat[prefix + key] = value
+
+    walk(plain, "")
+    return {k: v for k, v in flat.items()
+            if not any(k == a or k.startswith(f"{a}.") for a in axes) and k.split(".")[0] not in RESUME_MAY_CHANGE}
+
+
+def drift(before: dict, now: dict) -> list:
+    """The keys whose values differ between the config a sweep directory was started with and this run's
+    (keys only one of them has, a schema that grew, do not count)."""
+    return sorted(k for k in set(before) & set(now) if before[k] != now[k])
 
 
 def bad_input(line: str) -> None:
@@ -55,9 +87,17 @@ class SweepTable(Callback):
             bad_input(problem)
         # A sweep run again in the same directory (a resume) keeps its run_id and its rounds' order.
         earlier = read_sweep(sweep_dir)
-        total = sweep_size(list(config.hydra.overrides.task), config.hydra.sweeper.get("params"))
-        write_sweep(sweep_dir, {"run_id": earlier.get("run_id") or new_run_id(), "total": total,
-                                "rounds": config.rounds, "started": time.time(),
+        overrides, params = list(config.hydra.overrides.task), config.hydra.sweeper.get("params")
+        fixed = fixed_config(config, overrides, params)
+        if "config" in earlier and getattr(config.rerun, "name", config.rerun) != "all":
+            changed = drift(earlier["config"], fixed)
+            if changed:
+                was = ", ".join(f"{k}={earlier['config'][k]} (now {fixed[k]})" for k in changed)
+                bad_input(f"{sweep_dir} was started with {was}, not an axis of the sweep: resuming would mix "
+                          "two configs (allowed: the same values, rerun=all, or a new hydra.sweep.dir)")
+        write_sweep(sweep_dir, {"run_id": earlier.get("run_id") or new_run_id(),
+                                "total": sweep_size(overrides, params), "rounds": config.rounds,
+                                "started": time.time(), "config": fixed,
                                 "round_seed": earlier.get("round_seed", secrets.randbelow(2**31))})
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:

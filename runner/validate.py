@@ -170,8 +170,10 @@ def _memory_guard(config: dict, gpus: tuple) -> str | None:
     it could only end in an out-of-memory, after a launch and a load (synthetic shapes; a checkpoint's
     size is known only once loaded)."""
     model = config["model"]
-    if model["source"] != "synthetic" or config["batch_size"] == "max" or config["offload"]["name"] != "none":
+    if model["source"] != "synthetic" or config["offload"]["name"] != "none" or config["batch_size"] == "max":
         return None
+    if _positive(config):
+        return None  # sizes that are no positive ints are the job's `invalid` result (_positive)
     need = synthetic_params(model) * WEIGHT_BYTES[config["dtype"]["name"]] / 2**30 + _kv_cache_gib(config)
     if config["num_gpus"] == 0:
         have, where = psutil.virtual_memory().total / 2**30, "this machine's RAM"

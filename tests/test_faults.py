@@ -332,14 +332,21 @@ def test_corrupt_result_is_named_set_aside_and_run_again(tmp_path, cache_dir):
 
 def test_another_sweep_into_the_same_directory_runs_again(tmp_path, cache_dir):
     """Hydra numbers jobs by position: job 0 of another command line is another job. Its result is kept
-    aside, not mistaken for this one's."""
+    aside, not mistaken for this one's. A changed value that is no axis of the sweep stops the resume."""
     sweep = tmp_path / "sweep"
     assert run_runner(invalid_and_timeout(sweep, "batch_size=1"), cache_dir).returncode == 3
     proc = run_runner(invalid_and_timeout(sweep, "batch_size=2"), cache_dir)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: {sweep} was started with batch_size=1 (now 2), not an axis of the sweep: resuming would mix "
+        "two configs (allowed: the same values, rerun=all, or a new hydra.sweep.dir)")
+    assert [r["config"]["batch_size"] for r in results(sweep)] == [1, 1]  # nothing touched
+
+    proc = run_runner(["-m", "batch_size=2,1", "dtype=int8", f"hydra.sweep.dir={sweep}"], cache_dir)
     assert proc.returncode == 3, proc.stderr[-3000:]
-    assert "is the result of another config (batch_size differ)" in proc.stderr
-    assert [r["config"]["batch_size"] for r in results(sweep)] == [2, 2]
-    assert json.loads((sweep / "1" / "result.json.previous").read_text())["config"]["batch_size"] == 1
+    assert "is the result of another config (batch_size, dtype.name differ)" in proc.stderr
+    assert [(r["config"]["batch_size"], r["config"]["dtype"]["name"]) for r in results(sweep)] == [(2, "int8"), (1, "int8")]
+    assert json.loads((sweep / "0" / "result.json.previous").read_text())["config"]["dtype"]["name"] == "bf16"
 
 
 # -- bad input: one line naming the key and what is allowed, before any model is loaded ----------------

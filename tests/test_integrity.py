@@ -46,7 +46,7 @@ def test_a_second_runner_exits_2_naming_the_holder_and_a_dead_holder_is_taken_ov
     finally:
         os.killpg(first.pid, signal.SIGKILL)  # the runner and what it launched
         first.wait()
-    third = run_runner(["-m", "dtype=int8", f"hydra.sweep.dir={sweep}"], cache_dir)
+    third = run_runner(["-m", "dtype=int8", "rerun=all", f"hydra.sweep.dir={sweep}"], cache_dir)  # another config
     assert "took over the lock of a runner that is no longer running" in third.stderr
     assert f"pid {first.pid}" in third.stderr and third.returncode == 3  # int8 is invalid on the CPU
 
@@ -67,7 +67,8 @@ def test_kill_9_of_the_runner_leaves_no_orphan_writing_the_result(tmp_path, cach
     first.wait()
     assert orphans and all(p.is_running() for p in orphans)  # left running by the dead runner
 
-    proc = run_runner(["-m", *SMALL, f"hydra.sweep.dir={sweep}"], cache_dir)
+    # rerun=all: the stack that sleeps is replaced by the runner's own (a change the resume must be told of)
+    proc = run_runner(["-m", *SMALL, "rerun=all", f"hydra.sweep.dir={sweep}"], cache_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"of attempt 1 left running by runner pid {first.pid} (process group {lease['pgid']}" in proc.stderr
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in orphans)
@@ -139,3 +140,21 @@ def test_inputs_the_sweep_cannot_start_with_stop_it_in_one_line_before_any_launc
             assert proc.returncode == 2, (overrides, proc.stderr[-2000:])
             assert proc.stderr.strip().splitlines()[-1].startswith(line), proc.stderr[-2000:]
     assert not list(tmp_path.rglob("job.json")) and not list(tmp_path.rglob("result.json"))
+
+
+def test_resuming_with_a_changed_value_that_is_no_axis_stops_and_rerun_all_goes_on(tmp_path, cache_dir):
+    sweep = tmp_path / "sweep"
+
+    def run(*extra: str):
+        return run_runner(["-m", "dtype=int8", *extra, f"hydra.sweep.dir={sweep}"], cache_dir)
+
+    assert run("batch_size=1,2", "new_tokens=4").returncode == 3
+    before = [r["timestamp"] for r in results(sweep)]
+    proc = run("batch_size=1,2", "new_tokens=8")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        f"error: {sweep} was started with new_tokens=4 (now 8), not an axis of the sweep")
+    assert [r["timestamp"] for r in results(sweep)] == before
+    assert run("batch_size=1,2,4", "new_tokens=4").returncode == 3  # an axis may change
+    proc = run("batch_size=1,2", "new_tokens=8", "rerun=all")
+    assert proc.returncode == 3 and [r["config"]["new_tokens"] for r in results(sweep)][:2] == [8, 8]
