@@ -126,23 +126,29 @@ def _model(config: dict) -> str | None:
 WEIGHT_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1}
 
 
+def _device_memory(config: dict, gpus: tuple) -> tuple | None:
+    """(GiB, which) of the memory that holds a job's model: the machine's RAM on the CPU, else its GPUs'
+    over its nodes; None where a GPU's size is unknown."""
+    n = config["num_gpus"]
+    if n == 0:
+        return psutil.virtual_memory().total / 2**30, "this machine's RAM (num_gpus=0)"
+    sizes = [gpu_memory_gib().get(gpu) for gpu in gpus[:n]]
+    if not sizes or None in sizes:
+        return None
+    return sum(sizes) * config["num_nodes"], f"{n} GPU(s) x {config['num_nodes']} node(s)"
+
+
 def _fits(config: dict, gpus: tuple) -> str | None:
     """A synthetic model whose weights alone exceed the memory of the devices that must hold them (no
     offload) is refused before its checkpoint is built: BLOOM-176B is 328 GiB of bf16 to write, then to
     fail to load on one GPU. Pretrained checkpoints, and GPUs whose size is unknown, are left to the load."""
-    model, dtype, n = config["model"], config["dtype"]["name"], config["num_gpus"]
+    model, dtype = config["model"], config["dtype"]["name"]
     if model["source"] != "synthetic" or config["offload"]["name"] != "none":
         return None
-    need = synthetic_params(model) * WEIGHT_BYTES[dtype] / 2**30
-    if n == 0:
-        have, where = psutil.virtual_memory().total / 2**30, "this machine's RAM (num_gpus=0)"
-    else:
-        sizes = [gpu_memory_gib().get(gpu) for gpu in gpus[:n]]
-        if not sizes or None in sizes:
-            return None
-        have, where = sum(sizes) * config["num_nodes"], f"{n} GPU(s) x {config['num_nodes']} node(s)"
-    if need <= have:
+    need, memory = synthetic_params(model) * WEIGHT_BYTES[dtype] / 2**30, _device_memory(config, gpus)
+    if memory is None or need <= memory[0]:
         return None
+    have, where = memory
     return (f"model={model['name']}: its {need:.0f} GiB of {dtype} weights exceed the {have:.0f} GiB of {where} "
             "(allowed: more num_gpus or num_nodes, a smaller dtype, or offload=cpu|nvme)")
 
@@ -175,15 +181,10 @@ def _memory_guard(config: dict, gpus: tuple) -> str | None:
     if _positive(config):
         return None  # sizes that are no positive ints are the job's `invalid` result (_positive)
     need = synthetic_params(model) * WEIGHT_BYTES[config["dtype"]["name"]] / 2**30 + _kv_cache_gib(config)
-    if config["num_gpus"] == 0:
-        have, where = psutil.virtual_memory().total / 2**30, "this machine's RAM"
-    else:
-        sizes = [gpu_memory_gib().get(gpu) for gpu in gpus[:config["num_gpus"]]]
-        if not sizes or None in sizes:
-            return None
-        have, where = sum(sizes) * config["num_nodes"], f"{config['num_gpus']} GPU(s)"
-    if need <= have:
+    memory = _device_memory(config, gpus)
+    if memory is None or need <= memory[0]:
         return None
+    have, where = memory
     return (f"batch_size={config['batch_size']}: its weights and KV cache alone need {need:.0f} GiB, more than "
             f"the {have:.0f} GiB of {where} (allowed: a smaller batch_size, fewer tokens, or batch_size=max)")
 
