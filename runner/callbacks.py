@@ -97,7 +97,7 @@ class SweepTable(Callback):
                           "two configs (allowed: the same values, rerun=all, or a new hydra.sweep.dir)")
         write_sweep(sweep_dir, {"run_id": earlier.get("run_id") or new_run_id(),
                                 "total": sweep_size(overrides, params), "rounds": config.rounds,
-                                "started": time.time(), "config": fixed,
+                                "started": time.time(), "config": fixed, "invocation": secrets.token_hex(4),
                                 "round_seed": earlier.get("round_seed", secrets.randbelow(2**31))})
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:

@@ -4,7 +4,6 @@ import os
 import signal
 import socket
 import time
-from datetime import datetime
 from pathlib import Path
 
 import psutil
@@ -49,13 +48,15 @@ from runner.validate import invalid_reason, preflight_reason
 
 
 def _sweep_position() -> tuple:
-    """(run_id, job index, total jobs, sweep start time, sweep dir) from Hydra and the sweep's sweep.json."""
+    """(run_id, job index, total jobs, sweep start time, sweep dir, this run's invocation id) from Hydra and
+    the sweep's sweep.json."""
     hc = HydraConfig.get()
     if hc.mode != RunMode.MULTIRUN:
-        return new_run_id(), 0, 1, time.time(), None
+        return new_run_id(), 0, 1, time.time(), None, None
     info = read_sweep(Path(hc.sweep.dir))
     total = info.get("total", hc.job.num + 1)
-    return info.get("run_id", new_run_id()), hc.job.num, total, info.get("started", time.time()), str(hc.sweep.dir)
+    return (info.get("run_id", new_run_id()), hc.job.num, total, info.get("started", time.time()), str(hc.sweep.dir),
+            info.get("invocation"))
 
 
 # Finished results that a sweep run again in the same directory keeps, by `rerun` (config.Rerun):
@@ -89,18 +90,15 @@ def earlier_result(job_dir: Path, config: dict) -> tuple:
     return result, ""
 
 
-def _written_since(result: Result, since: float) -> bool:
-    return datetime.fromisoformat(result.timestamp).timestamp() >= since - 1
-
-
-def finished_result(job_dir: Path, config: dict, since: float) -> tuple:
+def finished_result(job_dir: Path, config: dict, invocation: str | None) -> tuple:
     """(the result to build on, whether it already answers this round, why the job runs).
 
-    A result this run of the sweep wrote (since `since`: an earlier round) is always built on. One from an
+    A result this run of the sweep wrote (its `invocation`: an earlier round) is always built on. One from an
     earlier run is kept by `rerun`: its rounds that measured the point count, and the job runs only for
     the rounds it lacks."""
     result, why = earlier_result(job_dir, config)
-    if result is not None and not _written_since(result, since) and result.status not in KEEP[config["rerun"]]:
+    this_run = result is not None and invocation is not None and result.get("invocation") == invocation
+    if result is not None and not this_run and result.status not in KEEP[config["rerun"]]:
         result, why = None, f"earlier result was {result.status}: rerun={config['rerun']} runs it again"
     if result is None:
         return None, False, why
@@ -191,14 +189,14 @@ def _in_group(process: psutil.Process, pgid: int) -> bool:
 
 
 def _run_job(config: dict, job_dir: Path) -> Result:
-    run_id, index, total, started, sweep_dir = _sweep_position()
+    run_id, index, total, started, sweep_dir, invocation = _sweep_position()
     log_path = job_dir / LOG_FILE
     job = Job(run_id=run_id, job=index, config=config, log=str(log_path), job_dir=str(job_dir), sweep_dir=sweep_dir)
     progress = Progress(index, total, started, job_dir, job_label(config))
     ended = end_orphans(job_dir)
     if ended:
         progress.phase(ended)
-    previous, done, why = finished_result(job_dir, config, started)
+    previous, done, why = finished_result(job_dir, config, invocation)
     if done:
         progress.done(previous, earlier=True)
         return previous
@@ -211,6 +209,7 @@ def _run_job(config: dict, job_dir: Path) -> Result:
         _interrupted(log_path, e)
         raise
     result = add_round(previous, result, config["round"], began)
+    result.fields["invocation"] = invocation  # which run of the sweep wrote it (rounds build on their own run's)
     write_result(job_dir, result)
     progress.done(result)
     return result
