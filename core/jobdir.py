@@ -71,15 +71,20 @@ def measurement_key(config: dict) -> dict:
     return {k: v for k, v in config.items() if k not in NOT_MEASURED}
 
 
-def flat_key(config: dict, prefix: str = "") -> dict:
-    """measurement_key as dotted keys ("backend.name", "model.hidden_size", ...)."""
+def flatten(config: dict, prefix: str = "") -> dict:
+    """A nested config as dotted keys ("backend.name", "model.hidden_size", ...)."""
     flat = {}
-    for key, value in (measurement_key(config) if not prefix else config).items():
+    for key, value in config.items():
         if isinstance(value, dict):
-            flat.update(flat_key(value, f"{prefix}{key}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[prefix + key] = value
     return flat
+
+
+def flat_key(config: dict) -> dict:
+    """measurement_key as dotted keys."""
+    return flatten(measurement_key(config))
 
 
 def measurement_differences(old: dict, new: dict) -> list:

@@ -10,7 +10,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from core.jobdir import SweepLocked, lock_sweep, new_run_id, read_sweep, write_sweep
+from core.jobdir import SweepLocked, flatten, lock_sweep, new_run_id, read_sweep, write_sweep
 from runner.session import close_session
 
 TABLE_FILE = "seed_table.csv"
@@ -41,17 +41,7 @@ def fixed_config(config: DictConfig, overrides: list, params: dict | None) -> di
     axes = {o.key_or_group for o in OverridesParser.create().parse_overrides(swept + overrides) if o.is_sweep_override()}
     plain = OmegaConf.to_container(OmegaConf.masked_copy(config, [k for k in config if k != "hydra"]),
                                    resolve=True, enum_to_str=True)
-    flat = {}
-
-    def walk(node: dict, prefix: str) -> None:
-        for key, value in node.items():
-            if isinstance(value, dict):
-                walk(value, f"{prefix}{key}.")
-            else:
-                flat[prefix + key] = value
-
-    walk(plain, "")
-    return {k: v for k, v in flat.items()
+    return {k: v for k, v in flatten(plain).items()
             if not any(k == a or k.startswith(f"{a}.") for a in axes) and k.split(".")[0] not in RESUME_MAY_CHANGE}
 
 
