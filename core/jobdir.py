@@ -60,7 +60,8 @@ LIBRARIES = ("torch", "transformers", "accelerate", "deepspeed", "bitsandbytes",
 # the figure is a median either way).
 # Results whose configs differ only in these are the same measurement, for resume, compare, trend, the
 # history and the labels alike.
-NOT_MEASURED = ("rerun", "timeout_s", "cluster", "cache_dir", "repeats", "rounds", "round", "profile")
+NOT_MEASURED = ("rerun", "timeout_s", "cluster", "cache_dir", "repeats", "rounds", "round", "warmup_process",
+                "profile")
 # Measured keys that do not change the loaded model: jobs that differ only in these can share one
 # loaded worker (isolate=false).
 GENERATION_KEYS = ("batch_size", "new_tokens", "prompt_tokens")

@@ -31,7 +31,7 @@ _lock: list = []  # the sweep directory's lock, held until the process ends
 
 # Keys a resume may change: how it resumes, how patient it is, where its files and cluster jobs go, and
 # how many rounds it takes (a resume with more rounds adds them).
-RESUME_MAY_CHANGE = ("rerun", "timeout_s", "cache_dir", "cluster", "rounds", "round")
+RESUME_MAY_CHANGE = ("rerun", "timeout_s", "cache_dir", "cluster", "rounds", "round", "warmup_process")
 
 
 def fixed_config(config: DictConfig, overrides: list, params: dict | None) -> dict:
