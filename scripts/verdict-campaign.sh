@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # The sweeps of docs/benchmarks/verdicts-h200/: NAME... are run one after another, each the same config
-# (bloom-1b7 bf16, $BACKENDS (accelerate and ds-inference), bs 1/8/64, $NEW_TOKENS new tokens, $REPEATS repeats,
+# ($MODEL (bloom-1b7) bf16, $BACKENDS (accelerate and ds-inference), bs 1/8/64, $NEW_TOKENS new tokens, $REPEATS repeats,
 # rounds=$ROUNDS, isolate=false), pinned to the
-# cores $CORES; a NAME of the form slow<DUTY>-<label> runs with benchmarks/cpu_hog.py loading those cores at
+# cores $CORES (CORES= : not pinned); a NAME of the form slow<DUTY>-<label> runs with benchmarks/cpu_hog.py loading those cores at
 # that duty cycle (slow0.3-a: 30%), gpu<DUTY>-<label> with benchmarks/gpu_hog.py loading the GPU; a NAME
 # that contains "warm" runs with warmup_process=true. Results and the history go under OUTDIR.
 # DEADLINE_S: start no sweep once the campaign has run this long (a device call has 10 minutes).
 #   scripts/verdict-campaign.sh OUTDIR aa1 aa2 slow0.3-a aa-warm1 gpu0.1-a
 set -euo pipefail
 out=$1; shift
-CORES=${CORES:-4-7} ROUNDS=${ROUNDS:-1} NEW_TOKENS=${NEW_TOKENS:-32} REPEATS=${REPEATS:-2}
+CORES=${CORES-4-7} ROUNDS=${ROUNDS:-1} MODEL=${MODEL:-bloom-1b7} NEW_TOKENS=${NEW_TOKENS:-32} REPEATS=${REPEATS:-2}
 BACKENDS=${BACKENDS:-accelerate,ds-inference}
 export INFERSWEEP_HISTORY=$out/history.sqlite INFERSWEEP_CACHE=${INFERSWEEP_CACHE:-/tmp/infersweep-cache}
 mkdir -p "$out"
@@ -26,7 +26,8 @@ for name in "$@"; do
   fi
   if [[ $name == *warm* ]]; then warm=true; fi
   start=$(date +%s) rc=0
-  taskset -c "$CORES" python3 -m runner -m backend="$BACKENDS" model=bloom-1b7 dtype=bf16 \
+  pin=(); if [ -n "$CORES" ]; then pin=(taskset -c "$CORES"); fi
+  "${pin[@]}" python3 -m runner -m backend="$BACKENDS" model="$MODEL" dtype=bf16 \
     batch_size=1,8,64 new_tokens="$NEW_TOKENS" repeats="$REPEATS" rounds="$ROUNDS" warmup_process=$warm isolate=false hydra.sweep.dir="$out/$name" > "$out/$name.log" 2>&1 || rc=$?
   echo "$name: $(( $(date +%s) - start )) s, exit $rc"
   # each sweep packed as it ends (the result files, attempts and sweep metadata; no worker session logs)
