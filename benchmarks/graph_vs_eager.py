@@ -11,7 +11,8 @@ past the budget is stopped (SIGTERM: the runner ends its jobs' process trees) an
 skipped. Jobs that differ only in batch size share one loaded model (isolate=false). The history goes to
 OUT_DIR/history.sqlite. At the end it prints, and writes to OUT_DIR/summary.md, one row per job: ms per
 token, decode ms per step, the decode floor of the roofline and the step's multiple of it (the goal of
-backend=graph: within 1.3x at batch size 1).
+backend=graph: within 1.3x at batch size 1), the top-5 next tokens after the prompt (every backend computes
+the same function: they should agree) and backend=graph's check of its replays against the uncaptured step.
 """
 import argparse
 import json
@@ -78,13 +79,14 @@ def rows(out: Path) -> list:
             "decode_floor_ms": floor, "x_floor": step / floor if step and floor else None,
             "capture_s": info.get("capture_s"), "compile_s": info.get("compile_s"),
             "load_s": r.get("load_s"), "warmup_s": r.get("warmup_s"),
+            "top5_after_prompt": (r.get("prompt_logits_top5") or {}).get("ids"), "graph_check": info.get("graph_check"),
             "reason": (r.get("reason") or "")[:120]})
     return found
 
 
 def table(found: list) -> str:
     cols = ["sweep", "model", "bs", "status", "ms_per_token", "decode_ms_per_step", "decode_floor_ms", "x_floor",
-            "capture_s", "compile_s", "load_s", "warmup_s", "reason"]
+            "capture_s", "compile_s", "load_s", "warmup_s", "top5_after_prompt", "graph_check", "reason"]
 
     def cell(v):
         return f"{v:.3f}" if isinstance(v, float) else ("" if v is None else str(v))

@@ -26,7 +26,7 @@ class GraphBackend:
             raise RuntimeError(f"num_gpus={self.config['num_gpus']}: backend=graph found no CUDA device "
                                f"(torch {torch.__version__}, CUDA_VISIBLE_DEVICES as launched)")
         dtype = TORCH_DTYPE[self.config["dtype"]["name"]]
-        self.model = load(self.checkpoint, dtype, device)
+        self.model = load(self.checkpoint, dtype, device).requires_grad_(False)
         use_graph = device.type == "cuda" and backend["cuda_graph"]
         compile_mode = backend["compile_mode"] if backend["compile_step"] else None
         self.decoder = StaticDecoder(self.model, use_graph, compile_mode)

@@ -76,8 +76,14 @@ class StaticDecoder:
         state.pos.zero_()
         graph = torch.cuda.CUDAGraph()
         start = time.perf_counter()
-        with torch.cuda.graph(graph):
-            self.step_fn(state)
+        try:
+            with torch.cuda.graph(graph):
+                self.step_fn(state)
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except RuntimeError as exc:
+            raise RuntimeError(f"backend=graph: capturing the decode step as a CUDA graph failed ({exc}); "
+                               "backend.cuda_graph=false runs the same step uncaptured") from exc
         torch.cuda.synchronize()
         self.timings["capture_s"] = time.perf_counter() - start
         return graph
@@ -105,20 +111,31 @@ class StaticDecoder:
         return state
 
     def generate(self, input_ids: torch.Tensor, new_tokens: int) -> torch.Tensor:
-        """[batch, prompt + new_tokens]: the prompt, then exactly `new_tokens` greedy tokens."""
+        """[batch, prompt + new_tokens]: the prompt, then exactly `new_tokens` greedy tokens. The first
+        generate of a captured shape is decoded a second time without the graph, the same step launched
+        op by op: `timings["graph_check"]` says whether the replays chose the same tokens."""
         batch, prompt = input_ids.shape
         if new_tokens == 1:  # the first token comes from the prefill alone: no cache
             chosen = torch.argmax(self.model.prefill(input_ids, None), dim=-1)
             return torch.cat([input_ids, chosen[:, None]], dim=1)
-        max_len = prompt + new_tokens
-        state = self._ready(batch, max_len, input_ids.device)
+        fresh = self.shape != (batch, prompt + new_tokens)
+        state = self._ready(batch, prompt + new_tokens, input_ids.device)
+        out = self._decode(state, input_ids, new_tokens, replay=self.graph is not None)
+        if fresh and self.graph is not None:
+            differ = int((self._decode(state, input_ids, new_tokens, replay=False) != out).sum())
+            self.timings["graph_check"] = ("replays identical to the uncaptured step" if differ == 0 else
+                                           f"{differ} of {batch * new_tokens} tokens differ from the uncaptured step")
+        return out
+
+    def _decode(self, state: StepState, input_ids: torch.Tensor, new_tokens: int, replay: bool) -> torch.Tensor:
+        prompt = input_ids.shape[1]
         state.generated[:, :prompt] = input_ids
         chosen = torch.argmax(self.model.prefill(input_ids, state.cache), dim=-1)
         state.tokens.copy_(chosen)
         state.generated[:, prompt] = chosen
         state.pos.fill_(prompt)
         for _ in range(new_tokens - 1):
-            if self.graph is not None:
+            if replay:
                 self.graph.replay()
             else:
                 self.step_fn(state)

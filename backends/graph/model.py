@@ -44,7 +44,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Ten
     b, h, t, d = q.shape
     kv_heads, s = k.shape[1], k.shape[2]
     grouped = q.reshape(b, kv_heads, (h // kv_heads) * t, d)
-    scores = torch.matmul(grouped, k.transpose(-1, -2)).view(b, h, t, s).float() / math.sqrt(d) + bias
+    scores = torch.matmul(grouped, k.transpose(-1, -2)).view(b, h, t, s)
+    scores = torch.add(bias, scores, alpha=1 / math.sqrt(d))  # one kernel: to fp32, scaled, biased
     probs = torch.softmax(scores, dim=-1).to(v.dtype).view(b, kv_heads, (h // kv_heads) * t, s)
     return torch.matmul(probs, v).view(b, h, t, d).transpose(1, 2).reshape(b, t, h * d)
 
@@ -83,11 +84,6 @@ def alibi_slopes(heads: int) -> torch.Tensor:
         extra = 2 ** (-(2 ** -(math.log2(2 * closest) - 3)))
         slopes += [extra ** p for p in range(1, 1 + 2 * min(closest, heads - closest), 2)]
     return torch.tensor(slopes, dtype=torch.float32)
-
-
-def bloom_gelu(x: torch.Tensor) -> torch.Tensor:
-    """The tanh approximation of GELU, with BLOOM's constants."""
-    return x * 0.5 * (1.0 + torch.tanh(0.79788456 * x * (1 + 0.044715 * x * x)))
 
 
 class CausalLM(nn.Module):
@@ -135,7 +131,8 @@ class BloomMLP(nn.Module):
         self.dense_4h_to_h = nn.Linear(4 * hidden, hidden)
 
     def forward(self, x):
-        return self.dense_4h_to_h(bloom_gelu(self.dense_h_to_4h(x)))
+        # BLOOM's GELU is the tanh approximation (its constant 0.79788456 is sqrt(2/pi) to 8 digits): one kernel
+        return self.dense_4h_to_h(F.gelu(self.dense_h_to_4h(x), approximate="tanh"))
 
 
 class BloomBlock(nn.Module):
@@ -211,8 +208,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x):
-        xf = x.float()
-        return self.weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
+        # transformers' order: normalised in fp32, cast to the input's dtype, then scaled by the weight
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -56,6 +56,8 @@ SPEC = BackendSpec(
         "compile_s": "seconds of the compiled step's warm-up (its compilation), per batch shape",
         "capture_s": "seconds to capture the decode step's CUDA graph, per batch shape",
         "warmup_steps_s": "seconds of the decode steps run before capture",
+        "graph_check": "whether the first generate's graph replays chose the same tokens as the uncaptured "
+                       "step (that second decode is part of warmup_s)",
         "graph_shape": "(batch, prompt + new tokens) of the state and graph last used",
     },
 )
