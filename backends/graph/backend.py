@@ -34,11 +34,12 @@ class GraphBackend:
                      "cuda_graph": use_graph, "compile_step": bool(backend["compile_step"]),
                      "compile_mode": compile_mode}
 
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, new_tokens: int) -> torch.Tensor:
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, new_tokens: int,
+                 streamer=None) -> torch.Tensor:
         if not bool(attention_mask.all()):
             raise ValueError("backend=graph: prompts with padding (attention_mask zeros) are not supported "
                              "(allowed: every prompt of the batch the same length)")
         with torch.no_grad():
-            out = self.decoder.generate(input_ids, new_tokens)
+            out = self.decoder.generate(input_ids, new_tokens, streamer)
         self.info.update(self.decoder.timings, graph_shape=list(self.decoder.shape or ()))
         return out

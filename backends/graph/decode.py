@@ -110,33 +110,47 @@ class StaticDecoder:
         self.state, self.shape = state, (batch, max_len)
         return state
 
-    def generate(self, input_ids: torch.Tensor, new_tokens: int) -> torch.Tensor:
+    def generate(self, input_ids: torch.Tensor, new_tokens: int, streamer=None) -> torch.Tensor:
         """[batch, prompt + new_tokens]: the prompt, then exactly `new_tokens` greedy tokens. The first
         generate of a captured shape is decoded a second time without the graph, the same step launched
-        op by op: `timings["graph_check"]` says whether the replays chose the same tokens."""
+        op by op: `timings["graph_check"]` says whether the replays chose the same tokens. `streamer`
+        (transformers' protocol: put the prompt, then each step's tokens, then end) is told of every step."""
         batch, prompt = input_ids.shape
         if new_tokens == 1:  # the first token comes from the prefill alone: no cache
             chosen = torch.argmax(self.model.prefill(input_ids, None), dim=-1)
+            if streamer is not None:
+                streamer.put(input_ids)
+                streamer.put(chosen[:, None])
+                streamer.end()
             return torch.cat([input_ids, chosen[:, None]], dim=1)
         fresh = self.shape != (batch, prompt + new_tokens)
         state = self._ready(batch, prompt + new_tokens, input_ids.device)
-        out = self._decode(state, input_ids, new_tokens, replay=self.graph is not None)
+        out = self._decode(state, input_ids, new_tokens, replay=self.graph is not None, streamer=streamer)
         if fresh and self.graph is not None:
             differ = int((self._decode(state, input_ids, new_tokens, replay=False) != out).sum())
             self.timings["graph_check"] = ("replays identical to the uncaptured step" if differ == 0 else
                                            f"{differ} of {batch * new_tokens} tokens differ from the uncaptured step")
         return out
 
-    def _decode(self, state: StepState, input_ids: torch.Tensor, new_tokens: int, replay: bool) -> torch.Tensor:
+    def _decode(self, state: StepState, input_ids: torch.Tensor, new_tokens: int, replay: bool,
+                streamer=None) -> torch.Tensor:
         prompt = input_ids.shape[1]
         state.generated[:, :prompt] = input_ids
+        if streamer is not None:
+            streamer.put(input_ids)
         chosen = torch.argmax(self.model.prefill(input_ids, state.cache), dim=-1)
         state.tokens.copy_(chosen)
         state.generated[:, prompt] = chosen
         state.pos.fill_(prompt)
+        if streamer is not None:
+            streamer.put(state.tokens[:, None])
         for _ in range(new_tokens - 1):
             if replay:
                 self.graph.replay()
             else:
                 self.step_fn(state)
+            if streamer is not None:
+                streamer.put(state.tokens[:, None])
+        if streamer is not None:
+            streamer.end()
         return state.generated.clone()
