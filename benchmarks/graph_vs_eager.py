@@ -47,7 +47,7 @@ def run_sweep(name: str, overrides: list, out: Path, cache: str, left_s: float) 
     """(exit status, seconds) of one `python -m runner -m` sweep, stopped after `left_s` seconds."""
     cmd = [sys.executable, "-m", "runner", "-m", *overrides, *COMMON, f"cache_dir={cache}",
            f"hydra.sweep.dir={out / name}"]
-    env = {**os.environ, "INFERSWEEP_HISTORY": str(out / "history.sqlite"), "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "INFERSWEEP_HISTORY": str(out / "history.sqlite"), "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
     print(f"== {name}: {' '.join(cmd[3:])} (at most {left_s:.0f} s)", flush=True)
     start = time.perf_counter()
     with open(out / f"{name}.log", "w") as log:
