@@ -288,6 +288,9 @@ def _judge(ratio: float, ev: Evidence | None, min_effect: float, confidence: flo
 CLOCKS = (("telemetry.gpu.sm_clock_mhz_mean", "SM clock", "MHz", 0.03),
           ("telemetry.gpu.mem_clock_mhz_mean", "memory clock", "MHz", 0.03),
           ("telemetry.host.cpu_freq_mhz_mean", "CPU clock", "MHz", 0.10))
+# A job measured while other processes used this share of the machine's CPU or more is no evidence: its point
+# is inconclusive, whatever its ratio.
+CONTENDED_SHARE = 0.25
 OTHER_CPU_CHANGE = 0.10  # other processes' share of the machine's CPU, this far apart (0.02 -> 0.12)
 NOT_THROTTLING = {"GpuIdle"}  # what NVML reports of a GPU waiting for work, not a limit on a busy one
 
@@ -298,6 +301,14 @@ def _value(job: Mapping, key: str) -> object:
     if isinstance(value, list):
         return value
     return None if value is None or pd.isna(value) else value
+
+
+def contention(before: Mapping, after: Mapping, sides: tuple = ("baseline", "candidate")) -> str | None:
+    """Why a pair cannot be judged on its figures: a side measured while other processes used CONTENDED_SHARE
+    or more of the machine's CPU (host-bound points then swing 3-100x: docs/analysis.md); None otherwise."""
+    busy = [f"{side} {share:.2f}" for side, job in zip(sides, (before, after))
+            for share in [_value(job, "telemetry.host.other_cpu_share")] if share is not None and share >= CONTENDED_SHARE]
+    return f"host busy: other processes' CPU share {', '.join(busy)}" if busy else None
 
 
 def condition_changes(before: Mapping, after: Mapping, sides: tuple = ("baseline", "candidate")) -> list[str]:
@@ -332,6 +343,10 @@ def _pair(b: pd.Series, c: pd.Series, history: pd.DataFrame) -> tuple[dict, Evid
     if b["status"] != "ok" or c["status"] != "ok":
         verdict = ("regressed" if b["status"] == "ok" else "improved" if c["status"] == "ok" else "unchanged")
         return {**row, "verdict": verdict}, None
+    busy = contention(b, c)
+    if busy:
+        return {**row, "ratio": row["candidate"] / row["baseline"], "load_ratio": c["load_s"] / b["load_s"],
+                "verdict": "inconclusive", "noise_source": busy}, None
     base, cand = round_figures(b), round_figures(c)
     ev = from_rounds(base, cand)
     if ev is None and len(history):
@@ -410,25 +425,40 @@ def _noise_cell(row: pd.Series) -> str:
     """"12% rounds (n=3+3)", "9% history (7 sweeps)", "none"; blank for a status change."""
     if pd.isna(row["noise_source"]):
         return ""
+    if str(row["noise_source"]).startswith("host busy"):
+        return "not judged"
     return row["noise_source"] if pd.isna(row["noise"]) else f"{row['noise']:.0%} {row['noise_source']}"
 
 
 def _verdict_cell(row: pd.Series) -> str:
     """The verdict with what it could see: "unchanged; would have seen 12% or more"."""
     verdict, seen = row["verdict"], row["detectable"]
+    if str(row["noise_source"]).startswith("host busy"):
+        return f"inconclusive; {row['noise_source']} (at most {CONTENDED_SHARE:g} to judge)"
     if verdict == "regressed":
         return "**regressed**"
     if verdict == "improved" or pd.isna(seen):
         return verdict
     if verdict == "unchanged":
-        return f"unchanged; would have seen {seen:.0%} or more"
+        return f"unchanged; would have seen {_change(seen)} or more"
     if row["noise_source"] == "none":
         return (f"inconclusive; no noise estimate, so only a {NO_NOISE_FACTOR:g}x change counts; "
                 f"{MIN_ROUNDS} rounds a side (or {MIN_HISTORY} earlier sweeps in the history) would measure it")
     needed = row["rounds_needed"]
     decide = (f"{int(needed)} rounds a side would decide it" if pd.notna(needed)
               else f"more than {MAX_ROUNDS} rounds a side would be needed")
-    return f"inconclusive; would see {seen:.0%} or more; {decide}"
+    return f"inconclusive; would see {_change(seen)} or more; {decide}"
+
+
+def _change(relative: float) -> str:
+    """A relative change as a reader takes it in: "12%" below a doubling, "3.4x" up to 100x, then "over 100x"."""
+    if relative < 1:
+        return f"{relative:.0%}"
+    return f"{1 + relative:.1f}x" if relative < 99 else "over 100x"
+
+
+def _bound(value: float) -> str:
+    return f"{value:.3f}" if value < 1000 else "over 1000"
 
 
 def sweep_line(df: pd.DataFrame) -> str:
@@ -451,7 +481,7 @@ def markdown(verdicts: pd.DataFrame, baseline: pd.DataFrame, candidate: pd.DataF
         "baseline ms/token": matched["baseline"].map(lambda v: _cell(v, 3)),
         "candidate ms/token": matched["candidate"].map(lambda v: _cell(v, 3)),
         "ratio": matched["ratio"].map(lambda v: _cell(v, 3)),
-        f"CI ({each:.2%} each)": [f"{lo:.3f} to {hi:.3f}" if pd.notna(lo) else ""
+        f"CI ({each:.2%} each)": [f"{lo:.3f} to {_bound(hi)}" if pd.notna(lo) else ""
                                  for lo, hi in zip(matched["ci_low"], matched["ci_high"])],
         "noise (one round)": [_noise_cell(r) for _, r in matched.iterrows()],
         "verdict": [_verdict_cell(r) for _, r in matched.iterrows()],

@@ -215,3 +215,25 @@ def test_help_states_the_exit_codes(capsys):
         assert all(line in out for line in ("exit status:", "  0   no regression", "  1   regression",
                                             "  2   bad input", "  70  an unexpected error"))
     assert "--strict" in analysis_main("compare", "--help", history=Path("unused.sqlite"))[1]
+
+
+def test_a_side_measured_on_a_busy_host_is_inconclusive_whatever_its_ratio(tmp_path):
+    """On a 2-core machine shared with other work, real CPU A/A sweeps of the default model swung 3-100x
+    (docs/benchmarks/verdicts-cpu/): a figure taken while other processes held most of the CPU is no evidence."""
+    made = []
+
+    def sweep(run_id: str, ms: float, other_share: float) -> Path:
+        result = make_result(run_id, 0, 8, [ms])
+        result["telemetry"] = {"gpu": {"reason": "no GPU in use"}, "host": {"other_cpu_share": other_share}}
+        made.append(run_id)
+        return write_sweep(tmp_path / str(len(made)), [result])
+
+    none = tmp_path / "none.sqlite"
+    code, out, err = analysis_main("compare", sweep("base", 2.0, 0.01), sweep("cand", 10.0, 0.01), history=none)
+    assert code == 1 and table_rows(out)[0]["verdict"] == "**regressed**"  # 5x, a quiet host: the 3x rule
+    code, out, err = analysis_main("compare", sweep("base", 2.0, 0.01), sweep("cand", 10.0, 0.62), history=none)
+    assert code == 0, err
+    [row] = table_rows(out)
+    assert row["ratio"] == "5.000" and row["noise (one round)"] == "not judged"
+    assert row["verdict"] == ("inconclusive; host busy: other processes' CPU share candidate 0.62 "
+                              "(at most 0.25 to judge)")
