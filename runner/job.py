@@ -44,6 +44,7 @@ from runner.launch import launcher_command, run_process
 from runner.progress import Progress, job_label
 from runner.session import WorkerSession, close_session, session_for
 from runner.stack import interpreter, probe, visible_gpus
+from runner.storage import stop_when_unwritable
 from runner.validate import invalid_reason, preflight_reason
 
 
@@ -137,20 +138,22 @@ def _run_in_session(job: Job, job_dir: Path, python: str, progress: Progress) ->
 def run_job(cfg: DictConfig) -> Result | dict:
     """The job of Hydra's current job directory. On a follower node of a multi-node job: start this node's
     ranks instead (follow). On the first node, the followers are released however the job ends (invalid,
-    kept from an earlier run, failed before launching, or done), so that none waits in vain."""
+    kept from an earlier run, failed before launching, or done), so that none waits in vain. A write that fails
+    for lack of space stops the runner in one line (runner/storage.py)."""
     config = resolve(cfg)
     if HydraConfig.get().mode != RunMode.MULTIRUN:  # a multirun checks every job before its first one
         problem = unknown_key(cfg) or preflight_reason(config, visible_gpus())
         if problem:
             bad_input(problem)
     job_dir = Path(HydraConfig.get().runtime.output_dir)
-    job_dir.mkdir(parents=True, exist_ok=True)
-    if multinode.follower(config):
-        return follow(config, job_dir)
-    try:
-        return _run_job(config, job_dir)
-    finally:
-        multinode.release(config, job_dir, launch=False)
+    with stop_when_unwritable(job_dir.parent if HydraConfig.get().mode == RunMode.MULTIRUN else job_dir):
+        job_dir.mkdir(parents=True, exist_ok=True)
+        if multinode.follower(config):
+            return follow(config, job_dir)
+        try:
+            return _run_job(config, job_dir)
+        finally:
+            multinode.release(config, job_dir, launch=False)
 
 
 def _take_lease(job_dir: Path, attempt: int, pgid: int | None) -> None:
