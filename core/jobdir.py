@@ -343,19 +343,21 @@ def write_attempt(job_dir: Path, attempt: int, result: Result) -> bool:
 @dataclass
 class Lease:
     """Who runs a job's current attempt: the runner's host and pid, the process group of its launcher
-    (ended as a whole if the runner died and left it running), and when it started."""
+    (ended as a whole if the runner died and left it running), when it started, and the DeepSpeed master
+    port that names its shared-memory segments (removed by the next run if the runner died)."""
     attempt: int
     host: str
     pid: int
     pgid: int | None
     started: float
+    master_port: int | None = None
 
 
 def read_lease(job_dir: Path) -> Lease | None:
     path = Path(job_dir) / LEASE_FILE
     try:
         data = json.loads(path.read_text())
-        return Lease(**{k: data[k] for k in Lease.__dataclass_fields__})
+        return Lease(**{k: data[k] for k in Lease.__dataclass_fields__ if k in data})
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
