@@ -234,6 +234,10 @@ def write_result(job_dir: Path, result: Result, exclusive: bool = False) -> bool
 class CorruptResult(ValueError):
     """A result file that cannot be read as a Result: the message names the file and what is wrong."""
 
+    def __init__(self, path: Path | str, problem: str):
+        super().__init__(f"corrupt result file {path}: {problem}")
+        self.path, self.problem = Path(path), problem
+
 
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -248,7 +252,7 @@ REQUIRED_WHEN_OK = ("ms_per_token", "generate_s", "load_s")
 def validate_result(data: Any, source: str) -> Result:
     """`data` (a parsed result.json) as a Result; raises CorruptResult naming `source` and the first problem."""
     def bad(what: str) -> CorruptResult:
-        return CorruptResult(f"corrupt result file {source}: {what}")
+        return CorruptResult(source, what)
 
     if not isinstance(data, dict):
         raise bad(f"not a JSON object but {type(data).__name__}")
@@ -286,7 +290,7 @@ def read_result_file(path: Path) -> Result:
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CorruptResult(f"corrupt result file {path}: {e}") from e
+        raise CorruptResult(path, str(e)) from e
     return validate_result(data, str(path))
 
 

@@ -31,6 +31,7 @@ from core.jobdir import (
     read_result,
     read_sweep,
     set_aside,
+    write_attempt,
     write_job,
     write_lease,
     write_result,
@@ -224,6 +225,9 @@ def _run_job(config: dict, job_dir: Path) -> Result:
     except KeyboardInterrupt as e:
         _interrupted(log_path, e)
         raise
+    if job.attempt:  # it launched: the attempt's outcome in its own file too, where the worker wrote none
+        result.fields["attempt"] = job.attempt  # (killed, timed out): every attempt a runner saw end is listed
+        write_attempt(job_dir, job.attempt, result)
     result = add_round(previous, result, config["round"], began)
     result.fields["invocation"] = invocation  # which run of the sweep wrote it (rounds build on their own run's)
     write_result(job_dir, result)

@@ -189,9 +189,9 @@ def test_kill_9_of_the_runner_mid_deepspeed_job_then_resume_removes_its_shared_m
     try:
         for path in (other, mapped):
             path.write_bytes(b"\0" * 4096)
-        holder = subprocess.Popen([sys.executable, "-c", "import mmap, sys, time\n"
-                                   f"f = open({str(mapped)!r}, 'r+b'); m = mmap.mmap(f.fileno(), 4096)\n"
-                                   "print('mapped', flush=True); time.sleep(600)"], stdout=subprocess.PIPE, text=True)
+        hold = (f"import mmap, time\nf = open({str(mapped)!r}, 'r+b')\nm = mmap.mmap(f.fileno(), 4096)\n"
+                "print('mapped', flush=True)\ntime.sleep(600)")
+        holder = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True)
         assert holder.stdout.readline() == "mapped\n"
         proc = run_runner(["-m", *DS_QUICK, f"hydra.sweep.dir={sweep}"], cache_dir)
         assert proc.returncode == 0, proc.stderr[-3000:]
