@@ -5,9 +5,11 @@ A job of a sweep owns one directory (Hydra's `hydra.sweep.dir/<job number>`) tha
     job.json      what the worker is given (a Job, with the number of its attempt)
     job.log       the launcher's and the worker's output
     phases        one line per phase the worker enters (the progress line reads it)
-    lease.json    who runs the current attempt (a Lease: host, pid, process group, start, attempt)
+    lease.json    who runs the current attempt (a Lease: host, pid, process group, start, attempt, and the
+                  DeepSpeed master port that names its shared-memory segments)
     attempts/     every attempt's own result, numbered (0001.json, ...), never overwritten: the worker
-                  writes only there, and only its own attempt's file
+                  writes only there, and only its own attempt's file; where it wrote none (killed, timed
+                  out), the runner records the attempt's outcome there
     result.json   the job's current result (a Result), written by the runner alone from the attempt that
                   holds the lease (its rounds added up): the source of truth for everything downstream
 
