@@ -11,7 +11,7 @@ from analysis import trend as trends
 from analysis.compare import BadInput, baseline_of, compare, earlier_results, markdown, read_sweep
 from analysis.history import append_sweep, history_path, sweeps
 from analysis.report import write_report
-from analysis.results import load_results
+from analysis.results import frame, read_results
 from core.jobdir import RESULT_FILE
 
 # Exit statuses of compare and trend (report and history: 0, 2 and 70 alike).
@@ -28,10 +28,12 @@ EXIT_CODES = f"""exit status:
 
 
 def report(args: argparse.Namespace) -> int:
-    df = load_results(args.sweep_dirs)
+    corrupt: list = []
+    df = frame(read_results(args.sweep_dirs, corrupt))
     if df.empty:
-        raise ValueError(f"no {RESULT_FILE} under {', '.join(map(str, args.sweep_dirs))}")
-    page = write_report(df, args.out or args.sweep_dirs[0] / "report", args.reference, args.sweep_dirs)
+        raise ValueError(f"no readable {RESULT_FILE} under {', '.join(map(str, args.sweep_dirs))}"
+                         + "".join(f"; {e}" for e in corrupt))
+    page = write_report(df, args.out or args.sweep_dirs[0] / "report", args.reference, args.sweep_dirs, corrupt)
     print(page.with_name("report.md").read_text())
     print(f"report: {page}")
     return 0

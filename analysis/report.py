@@ -18,7 +18,7 @@ import yaml
 from matplotlib.figure import Figure
 
 from analysis import charts
-from analysis.results import sweep_summary
+from analysis.results import attempts_table, sweep_summary
 from analysis.tables import (
     groups,
     load_stats,
@@ -28,10 +28,21 @@ from analysis.tables import (
     row_labels,
     seed_table,
 )
-from core.jobdir import LIBRARIES, SWEEP_FILE, option_text, read_sweep
+from core.jobdir import (
+    ATTEMPTS_DIR,
+    CORRUPT,
+    LIBRARIES,
+    LOG_FILE,
+    RESULT_FILE,
+    SWEEP_FILE,
+    CorruptResult,
+    option_text,
+    read_sweep,
+)
 
 SECTIONS = ("What was run", "Fastest per batch size", "Latency: ms per token",
-            "Throughput: tokens per second", "Load time", "Memory", "Roofline", "Jobs that did not end ok")
+            "Throughput: tokens per second", "Load time", "Memory", "Roofline", "Jobs that did not end ok",
+            "Attempts")
 CORNER = "backend dtype \\ batch size"
 
 STYLE = """
@@ -415,24 +426,57 @@ def failures_table(df: pd.DataFrame) -> pd.DataFrame:
                          "status": failed["status"], "reason": failed["reason"], "log": failed["log"]})
 
 
-def _failures(page: Page, df: pd.DataFrame) -> None:
+def corrupt_table(corrupt: Sequence[CorruptResult]) -> pd.DataFrame:
+    """A row per result file that could not be read (its job directory's name as the job, status `corrupt`,
+    the reason naming the file and the problem, the job's log where it has one): in the table of the jobs
+    that did not end ok, so that a broken file is seen instead of a job that silently went missing."""
+    return pd.DataFrame({"job": [e.path.parent.name for e in corrupt], "row": "", "batch size": "",
+                         "status": CORRUPT, "reason": [str(e) for e in corrupt],
+                         "log": [str(e.path.with_name(LOG_FILE)) if e.path.with_name(LOG_FILE).exists() else ""
+                                 for e in corrupt]})
+
+
+def _failures(page: Page, df: pd.DataFrame, corrupt: Sequence[CorruptResult] = ()) -> None:
     page.section(SECTIONS[7])
     failed = failures_table(df)
+    if corrupt:
+        failed = pd.concat([failed, corrupt_table(corrupt)], ignore_index=True)
     if failed.empty:
         page.note("Every job ended ok.")
         return
     page.note("oom: ran out of memory; error: failed; timeout: ran past timeout_s; invalid: refused before "
-              "launch (never ran). The reason is the one the result records; the log is where the job wrote "
+              "launch (never ran); corrupt: a result file that does not read as a result (a resume runs the "
+              "job again). The reason is the one the result records; the log is where the job wrote "
               "its output.")
     page.table(failed, index=False, text=True)
 
 
+def _attempts(page: Page, sweep_dirs: Sequence[Path]) -> None:
+    """The attempts of every job that ran more than once (a resume, a rerun, rounds), one row each."""
+    page.section(SECTIONS[8])
+    table = attempts_table(sweep_dirs)
+    once = table.groupby("job")["attempt"].transform("count").eq(1)
+    shown = table[~once]
+    single = table.loc[once, "job"].nunique()
+    if shown.empty:
+        page.note(f"Every job that was launched ran in one attempt ({single} job(s))." if single else
+                  "No job of these sweeps was launched." if sweep_dirs else "No sweep directory was given.")
+        return
+    page.note(f"Each attempt is one launch of the job (its outcome in {ATTEMPTS_DIR}/NNNN.json); current: the "
+              f"attempt whose figures the job's {RESULT_FILE} holds."
+              + (f" {single} other job(s) ran in one attempt." if single else ""))
+    page.table(shown, index=False, text=True)
+
+
 def write_report(df: pd.DataFrame, out: Path, reference: str | None = None,
-                 sweep_dirs: Sequence[Path] = ()) -> Path:
+                 sweep_dirs: Sequence[Path] = (), corrupt: Sequence[CorruptResult] = ()) -> Path:
     """Write every table, chart and report.md / report.html of the results `df` into `out`; returns the HTML.
-    `sweep_dirs`: where the results were read, for the commands that ran them (Hydra's multirun.yaml)."""
+    `sweep_dirs`: where the results were read, for the commands that ran them (Hydra's multirun.yaml);
+    `corrupt`: the result files there that could not be read, each a row among the jobs that did not end ok."""
     out.mkdir(parents=True, exist_ok=True)
     note = f"{len(df)} jobs in {df['run_id'].nunique()} sweep(s)."
+    if corrupt:
+        note += f" {len(corrupt)} result file(s) corrupt: listed among the jobs that did not end ok."
     df = df.sort_values("timestamp", kind="stable")
     repeated = df.assign(label=row_labels(df)).duplicated(["label", "config.batch_size"], keep="last")
     if repeated.any():
@@ -448,5 +492,6 @@ def write_report(df: pd.DataFrame, out: Path, reference: str | None = None,
     _load(page, grouped, df)
     _memory(page, grouped, df)
     _roofline(page, grouped, df)
-    _failures(page, df)
+    _failures(page, df, corrupt)
+    _attempts(page, sweep_dirs)
     return page.write(out)

@@ -1,22 +1,67 @@
 """Every result.json under some directories, as one flat pandas DataFrame (one row per job)."""
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pandas as pd
 
-from core.jobdir import LIBRARIES, CorruptResult, read_result_file, result_files
+from core.jobdir import (
+    CORRUPT,
+    LEASE_FILE,
+    LIBRARIES,
+    CorruptResult,
+    next_attempt,
+    read_attempt,
+    read_result,
+    read_result_file,
+    result_files,
+)
 
 
-def read_results(dirs: Iterable[Path]) -> list[dict]:
-    """Every result under `dirs`, as stored. A corrupt result file is reported on stderr by name and left out."""
+def read_results(dirs: Iterable[Path], corrupt: list | None = None) -> list[dict]:
+    """Every result under `dirs`, as stored. A corrupt result file is left out: its CorruptResult (naming the
+    file and the problem) is added to `corrupt` where one is given (the report shows it as a row), else
+    reported on stderr."""
     results = []
     for path in result_files(list(dirs)):
         try:
             results.append(read_result_file(path).to_dict())
         except CorruptResult as e:
-            print(f"skipping {e}", file=sys.stderr)
+            if corrupt is None:
+                print(f"skipping {e}", file=sys.stderr)
+            else:
+                corrupt.append(e)
     return results
+
+
+def attempts_table(dirs: Sequence[Path]) -> pd.DataFrame:
+    """Every attempt of every job under `dirs` that was launched (it took a lease), oldest first: the job
+    (its directory, under its sweep's name where there are several sweeps), the attempt's number, status,
+    reason and when it ended, and `current`: the attempt whose figures the job's result.json holds. An attempt
+    that left no file had its runner stopped or killed during it (Ctrl-C, kill -9, a full disk)."""
+    rows = []
+    for sweep_dir in map(Path, dirs):
+        leases = sorted(sweep_dir.rglob(LEASE_FILE),
+                        key=lambda p: [int(x) if x.isdigit() else x for x in p.parent.relative_to(sweep_dir).parts])
+        for lease in leases:
+            job_dir = lease.parent
+            job = str(job_dir.relative_to(sweep_dir))
+            try:
+                result = read_result(job_dir)
+            except CorruptResult:
+                result = None
+            current = result.get("attempt") if result is not None else None
+            for number in range(1, next_attempt(job_dir)):
+                try:
+                    attempt = read_attempt(job_dir, number)
+                    status, reason, ended = (attempt.status, attempt.reason, attempt.timestamp) if attempt else (
+                        "no result", "its runner was stopped or killed during it", "")
+                except CorruptResult as e:
+                    status, reason, ended = CORRUPT, str(e), ""
+                rows.append({"job": f"{sweep_dir.name}/{job}" if len(dirs) > 1 else job, "attempt": number,
+                             "status": status, "reason": reason, "ended": ended,
+                             "current": "current" if number == current else ""})
+    return pd.DataFrame(rows, columns=["job", "attempt", "status", "reason", "ended", "current"])
 
 
 def frame(results: list[dict]) -> pd.DataFrame:

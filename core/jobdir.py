@@ -5,9 +5,11 @@ A job of a sweep owns one directory (Hydra's `hydra.sweep.dir/<job number>`) tha
     job.json      what the worker is given (a Job, with the number of its attempt)
     job.log       the launcher's and the worker's output
     phases        one line per phase the worker enters (the progress line reads it)
-    lease.json    who runs the current attempt (a Lease: host, pid, process group, start, attempt)
+    lease.json    who runs the current attempt (a Lease: host, pid, process group, start, attempt, and the
+                  DeepSpeed master port that names its shared-memory segments)
     attempts/     every attempt's own result, numbered (0001.json, ...), never overwritten: the worker
-                  writes only there, and only its own attempt's file
+                  writes only there, and only its own attempt's file; where it wrote none (killed, timed
+                  out), the runner records the attempt's outcome there
     result.json   the job's current result (a Result), written by the runner alone from the attempt that
                   holds the lease (its rounds added up): the source of truth for everything downstream
 
@@ -235,6 +237,10 @@ def write_result(job_dir: Path, result: Result, exclusive: bool = False) -> bool
 class CorruptResult(ValueError):
     """A result file that cannot be read as a Result: the message names the file and what is wrong."""
 
+    def __init__(self, path: Path | str, problem: str):
+        super().__init__(f"corrupt result file {path}: {problem}")
+        self.path, self.problem = Path(path), problem
+
 
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -252,7 +258,7 @@ REQUIRED_WHEN_OK = ("ms_per_token", "generate_s", "load_s")
 def validate_result(data: Any, source: str) -> Result:
     """`data` (a parsed result.json) as a Result; raises CorruptResult naming `source` and the first problem."""
     def bad(what: str) -> CorruptResult:
-        return CorruptResult(f"corrupt result file {source}: {what}")
+        return CorruptResult(source, what)
 
     if not isinstance(data, dict):
         raise bad(f"not a JSON object but {type(data).__name__}")
@@ -297,7 +303,7 @@ def read_result_file(path: Path) -> Result:
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CorruptResult(f"corrupt result file {path}: {e}") from e
+        raise CorruptResult(path, str(e)) from e
     return validate_result(data, str(path))
 
 
@@ -354,19 +360,21 @@ def write_attempt(job_dir: Path, attempt: int, result: Result) -> bool:
 @dataclass
 class Lease:
     """Who runs a job's current attempt: the runner's host and pid, the process group of its launcher
-    (ended as a whole if the runner died and left it running), and when it started."""
+    (ended as a whole if the runner died and left it running), when it started, and the DeepSpeed master
+    port that names its shared-memory segments (removed by the next run if the runner died)."""
     attempt: int
     host: str
     pid: int
     pgid: int | None
     started: float
+    master_port: int | None = None
 
 
 def read_lease(job_dir: Path) -> Lease | None:
     path = Path(job_dir) / LEASE_FILE
     try:
         data = json.loads(path.read_text())
-        return Lease(**{k: data[k] for k in Lease.__dataclass_fields__})
+        return Lease(**{k: data[k] for k in Lease.__dataclass_fields__ if k in data})
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

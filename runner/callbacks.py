@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from core.jobdir import SweepLocked, flatten, lock_sweep, new_run_id, read_sweep, write_sweep
 from runner.session import close_session
+from runner.storage import stop_when_unwritable, unwritable
 
 TABLE_FILE = "seed_table.csv"
 
@@ -62,7 +63,13 @@ class SweepTable(Callback):
         """Before any job: take the sweep directory (one runner at a time), check the history can be written,
         record the sweep. (Each job's own config is checked by the sweeper, hydra_plugins/infersweep_sweeper.)"""
         sweep_dir = Path(config.hydra.sweep.dir)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
+        problem = unwritable(sweep_dir, "hydra.sweep.dir")
+        if problem:
+            bad_input(problem)
+        with stop_when_unwritable(sweep_dir):
+            self._start(config, sweep_dir)
+
+    def _start(self, config: DictConfig, sweep_dir: Path) -> None:
         try:
             lock, note = lock_sweep(sweep_dir)
         except SweepLocked as e:
@@ -92,6 +99,10 @@ class SweepTable(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         close_session()
+        with stop_when_unwritable(config.hydra.sweep.dir):
+            self._end(config)
+
+    def _end(self, config: DictConfig) -> None:
         from analysis.history import append_sweep, history_path
         from analysis.results import load_results
         from analysis.tables import seed_table

@@ -31,6 +31,7 @@ from core.jobdir import (
     read_result,
     read_sweep,
     set_aside,
+    write_attempt,
     write_job,
     write_lease,
     write_result,
@@ -40,10 +41,11 @@ from runner import multinode
 from runner.callbacks import bad_input
 from runner.config import resolve, unknown_key
 from runner.failure import failure_reason, signal_death
-from runner.launch import launcher_command, run_process
+from runner.launch import launcher_command, master_port, release_shared_memory, run_process
 from runner.progress import Progress, job_label
 from runner.session import WorkerSession, close_session, session_for
 from runner.stack import interpreter, probe, visible_gpus
+from runner.storage import stop_when_unwritable
 from runner.validate import invalid_reason, preflight_reason
 
 
@@ -129,7 +131,7 @@ def _run_in_session(job: Job, job_dir: Path, python: str, progress: Progress) ->
     write_job(job_dir, job)
     with open(job_dir / LOG_FILE, "a") as log:
         log.write(f"measured in the shared worker of {session.session_dir}; its log: {session.log_path}\n")
-    _take_lease(job_dir, job.attempt, session.proc.pid)
+    _take_lease(job_dir, job.attempt, session.proc.pid, master_port(session.proc.args))
     offset = _size(session.log_path)
     return session.run(job_dir, attempt_path(job_dir, job.attempt), config["timeout_s"], progress.tick), offset
 
@@ -137,37 +139,53 @@ def _run_in_session(job: Job, job_dir: Path, python: str, progress: Progress) ->
 def run_job(cfg: DictConfig) -> Result | dict:
     """The job of Hydra's current job directory. On a follower node of a multi-node job: start this node's
     ranks instead (follow). On the first node, the followers are released however the job ends (invalid,
-    kept from an earlier run, failed before launching, or done), so that none waits in vain."""
+    kept from an earlier run, failed before launching, or done), so that none waits in vain. A write that fails
+    for lack of space stops the runner in one line (runner/storage.py)."""
     config = resolve(cfg)
     if HydraConfig.get().mode != RunMode.MULTIRUN:  # a multirun checks every job before its first one
         problem = unknown_key(cfg) or preflight_reason(config, visible_gpus())
         if problem:
             bad_input(problem)
     job_dir = Path(HydraConfig.get().runtime.output_dir)
-    job_dir.mkdir(parents=True, exist_ok=True)
-    if multinode.follower(config):
-        return follow(config, job_dir)
-    try:
-        return _run_job(config, job_dir)
-    finally:
-        multinode.release(config, job_dir, launch=False)
+    with stop_when_unwritable(job_dir.parent if HydraConfig.get().mode == RunMode.MULTIRUN else job_dir):
+        job_dir.mkdir(parents=True, exist_ok=True)
+        if multinode.follower(config):
+            return follow(config, job_dir)
+        try:
+            return _run_job(config, job_dir)
+        finally:
+            multinode.release(config, job_dir, launch=False)
 
 
-def _take_lease(job_dir: Path, attempt: int, pgid: int | None) -> None:
+def _take_lease(job_dir: Path, attempt: int, pgid: int | None, port: int | None = None) -> None:
     write_lease(job_dir, Lease(attempt=attempt, host=socket.gethostname(), pid=os.getpid(), pgid=pgid,
-                               started=time.time()))
+                               started=time.time(), master_port=port))
 
 
 def end_orphans(job_dir: Path) -> str | None:
-    """The processes of an earlier attempt that outlived their runner (kill -9 of the runner leaves the
-    launcher and its ranks running, in a process group of their own): their whole group is ended before
+    """What an earlier attempt left behind when its runner died (kill -9 of the runner leaves the launcher
+    and its ranks running, in a process group of their own, and their DeepSpeed shared-memory segments in
+    /dev/shm): its whole process group is ended, then the segments of its master port are removed, before
     the job runs again. Returns what was done, or None. Only on the host that started them."""
     lease = read_lease(job_dir)
-    if lease is None or not lease.pgid or lease.host != socket.gethostname() or lease.pid == os.getpid():
+    if lease is None or lease.host != socket.gethostname() or lease.pid == os.getpid():
         return None
-    members = [p for p in psutil.process_iter() if _in_group(p, lease.pgid)]
-    if not members:
+    ended = _end_group(lease.pgid) if lease.pgid else 0
+    freed = release_shared_memory(lease.master_port)
+    if not ended and not freed:
         return None
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(lease.started))
+    done = (f"ended {ended} process(es) of attempt {lease.attempt} left running by runner pid {lease.pid} "
+            f"(process group {lease.pgid}, started {since})" if ended else
+            f"attempt {lease.attempt} of runner pid {lease.pid} (started {since}) left no process running")
+    if freed:
+        done += f"; removed its {len(freed)} shared-memory segment(s) (/dev/shm, master port {lease.master_port})"
+    return done
+
+
+def _end_group(pgid: int) -> int:
+    """End every process of process group `pgid` (SIGTERM, SIGCONT, SIGKILL after 5 s); how many there were."""
+    members = [p for p in psutil.process_iter() if _in_group(p, pgid)]
     for sig in (signal.SIGTERM, signal.SIGCONT):
         for p in members:
             with contextlib.suppress(psutil.NoSuchProcess):
@@ -177,8 +195,7 @@ def end_orphans(job_dir: Path) -> str | None:
         with contextlib.suppress(psutil.NoSuchProcess):
             p.kill()
     psutil.wait_procs(alive, timeout=5)
-    return (f"ended {len(members)} process(es) of attempt {lease.attempt} left running by runner pid {lease.pid} "
-            f"(process group {lease.pgid}, started {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(lease.started))})")
+    return len(members)
 
 
 def _in_group(process: psutil.Process, pgid: int) -> bool:
@@ -208,6 +225,9 @@ def _run_job(config: dict, job_dir: Path) -> Result:
     except KeyboardInterrupt as e:
         _interrupted(log_path, e)
         raise
+    if job.attempt:  # it launched: the attempt's outcome in its own file too, where the worker wrote none
+        result.fields["attempt"] = job.attempt  # (killed, timed out): every attempt a runner saw end is listed
+        write_attempt(job_dir, job.attempt, result)
     if config["round"] == 0:  # the sweep's warm-up process: reported, never kept, its worker not reused
         close_session()
         progress.done(result)
@@ -277,7 +297,7 @@ def _run(job: Job, job_dir: Path, log_path: Path, progress: Progress) -> Result:
         offset = _size(log_path)
         rc = run_process(cmd, log_path, config["timeout_s"], on_tick=progress.tick,
                          finished=lambda: _ended_ok(job_dir, job.attempt),
-                         on_start=lambda proc: _take_lease(job_dir, job.attempt, proc.pid))
+                         on_start=lambda proc: _take_lease(job_dir, job.attempt, proc.pid, master_port(proc.args)))
     else:
         rc, offset = _run_in_session(job, job_dir, python, progress)
     progress.tick()

@@ -114,18 +114,45 @@ def kill_tree(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
     _signal_all(alive, signal.SIGKILL)
     psutil.wait_procs(alive, timeout=grace_s)
     proc.wait()
-    release_shared_memory(proc.args)
+    release_shared_memory(master_port(proc.args))
 
 
-def release_shared_memory(cmd: list) -> None:
+def master_port(cmd: list) -> int | None:
+    """The master port a DeepSpeed launcher command names (--master_port), else None."""
+    return int(cmd[cmd.index("--master_port") + 1]) if "--master_port" in cmd else None
+
+
+def release_shared_memory(port: int | None) -> list:
     """Remove the shared-memory allreduce buffers of a DeepSpeed job on the CPU: its ranks never unlink
     them (/dev/shm/deepspeed_allreduce_buffer_<uid>_<addr>_<port>_<rank>, about 64 MiB per rank), and a
-    CPU sweep filled a 24 GB machine's /dev/shm with them. The job's master port names them."""
-    if "--master_port" not in cmd:
-        return
-    port = cmd[cmd.index("--master_port") + 1]
-    for path in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*"):
+    CPU sweep filled a 24 GB machine's /dev/shm with them. The job's master port names them; a segment that
+    a live process still maps (another job that took the same port since) is left alone. Returns the
+    segments removed."""
+    if port is None:
+        return []
+    segments = list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*"))
+    if not segments:
+        return []
+    in_use = _mapped()
+    removed = [path for path in segments if str(path) not in in_use]
+    for path in removed:
         path.unlink(missing_ok=True)
+    return removed
+
+
+def _mapped() -> set:
+    """The files that the processes of this host map (from /proc/<pid>/maps)."""
+    found = set()
+    for maps in Path("/proc").glob("[0-9]*/maps"):
+        try:
+            text = maps.read_text()
+        except OSError:  # the process ended meanwhile, or belongs to another user
+            continue
+        for line in text.splitlines():
+            fields = line.split(None, 5)  # address, perms, offset, device, inode[, path]
+            if len(fields) == 6:
+                found.add(fields[5])
+    return found
 
 
 def run_process(cmd: list, log_path: Path, timeout_s: float, env: dict | None = None,

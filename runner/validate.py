@@ -83,21 +83,28 @@ def _offload(config: dict) -> str | None:
             return f"offload.path={path}: no such directory {allowed}"
         if not Path(path).is_dir():
             return f"offload.path={path}: not a directory {allowed}"
-        why = _not_writable(Path(path))
+        why = not_writable(Path(path))
         if why:
             return f"offload.path={path}: not writable ({why}) {allowed}"
     return None
 
 
-def _not_writable(directory: Path) -> str | None:
-    """Why no file can be created in `directory`, found by creating one (root passes every permission
-    check of os.access, but not a read-only file system); None if one can."""
+def not_writable(directory: Path) -> str | None:
+    """Why no file can be written in `directory`, found by writing one byte to a new file (root passes every
+    permission check of os.access, but not a read-only file system; a full disk still takes an empty file);
+    None if one can."""
     try:
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".infersweep-write-test-")
     except OSError as e:
         return e.strerror or type(e).__name__
-    os.close(fd)
-    os.unlink(tmp)
+    try:
+        os.write(fd, b"x")
+        os.fsync(fd)
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    finally:
+        os.close(fd)
+        os.unlink(tmp)
     return None
 
 

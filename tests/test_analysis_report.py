@@ -125,7 +125,7 @@ class TestAccelerateSweep:
     def test_sections_come_in_the_order_a_reader_asks(self, page):
         assert list(sections(page)) == ["What was run", "Fastest per batch size", "Latency: ms per token",
                                         "Throughput: tokens per second", "Load time", "Memory", "Roofline",
-                                        "Jobs that did not end ok"] == list(SECTIONS)
+                                        "Jobs that did not end ok", "Attempts"] == list(SECTIONS)
 
     def test_header_names_the_command_what_varied_the_hardware_versions_and_ceilings(self, sweep, page):
         header = html.unescape(sections(page)["What was run"])

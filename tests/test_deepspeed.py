@@ -263,7 +263,8 @@ def _workers(job_dir: Path) -> list:
 
 
 def test_dead_rank_ends_the_job_without_hanging(tmp_path, cache_dir):
-    """SIGKILL rank 1 mid-generation: the job is `error` long before its timeout, and no rank is left.
+    """SIGKILL rank 1 mid-generation: the job is `error` long before its timeout, and no rank, nor any of
+    the ranks' shared-memory segments, is left.
     (Short generates, so that the warm-up is quick, and more repeats than the timeout allows.)"""
     env = {**os.environ, "INFERSWEEP_CACHE": str(cache_dir), "CUDA_VISIBLE_DEVICES": ""}
     args = ["backend=ds-zero", "cpu_ranks=2", "dtype=fp32", "new_tokens=16", "repeats=100000", "timeout_s=200",
@@ -279,6 +280,8 @@ def test_dead_rank_ends_the_job_without_hanging(tmp_path, cache_dir):
                 victim = next((p for p in _workers(tmp_path) if p.environ().get("RANK") == "1"), None)
             time.sleep(0.05)
         assert victim is not None, "rank 1 never reached the timed repeats"
+        port = json.loads((tmp_path / "lease.json").read_text())["master_port"]
+        assert len(_segments(port)) == 2  # each rank's allreduce buffer
         victim.send_signal(signal.SIGKILL)
         proc.wait(timeout=120)
     finally:
@@ -292,6 +295,11 @@ def test_dead_rank_ends_the_job_without_hanging(tmp_path, cache_dir):
     while _workers(tmp_path) and time.monotonic() < gone_by:
         time.sleep(0.05)
     assert _workers(tmp_path) == []
+    assert _segments(port) == []  # removed however the job ended
+
+
+def _segments(port: int) -> list:
+    return list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*"))
 
 
 def test_nvme_offload(tmp_path, cache_dir):

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
 from conftest import ROOT, history_of, results, run_runner
@@ -180,3 +181,51 @@ def test_resuming_with_a_changed_value_that_is_no_axis_stops_and_rerun_all_goes_
     assert run("batch_size=1,2,4", "new_tokens=4").returncode == 3  # an axis may change
     proc = run("batch_size=1,2", "new_tokens=8", "rerun=all")
     assert proc.returncode == 3 and [r["config"]["new_tokens"] for r in results(sweep)][:2] == [8, 8]
+
+
+DS_QUICK = ["backend=ds-zero", "cpu_ranks=2", "dtype=fp32", "batch_size=2", "new_tokens=4", "prompt_tokens=6",
+            "repeats=1", "timeout_s=240"]
+
+
+def segments(port) -> list:
+    return sorted(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*"))
+
+
+def test_kill_9_of_the_runner_mid_deepspeed_job_then_resume_removes_its_shared_memory_and_only_that(tmp_path, cache_dir):
+    """DeepSpeed's CPU ranks never unlink their /dev/shm allreduce buffers; a runner killed with kill -9
+    cannot. The lease names the attempt's master port, and the resume removes that port's segments once
+    the orphans are ended, leaving another port's segment and one a live process still maps."""
+    sweep = tmp_path / "sweep"
+    first = subprocess.Popen([sys.executable, "-m", "runner", "-m", *DS_QUICK, f"hydra.sweep.dir={sweep}"], cwd=ROOT,
+                             env=runner_env(cache_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lease_path = sweep / "0" / "lease.json"
+    wait_for(lambda: lease_path.exists() and json.loads(lease_path.read_text())["master_port"], timeout=240)
+    port = json.loads(lease_path.read_text())["master_port"]
+    wait_for(lambda: len(segments(port)) == 2, timeout=240)  # one per rank, once they joined
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    ranks = segments(port)
+    other = Path(f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_127.0.0.1_1_0")  # another port's
+    mapped = Path(f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_127.0.0.1_{port}_9")  # in use
+    holder = None
+    try:
+        for path in (other, mapped):
+            path.write_bytes(b"\0" * 4096)
+        hold = (f"import mmap, time\nf = open({str(mapped)!r}, 'r+b')\nm = mmap.mmap(f.fileno(), 4096)\n"
+                "print('mapped', flush=True)\ntime.sleep(600)")
+        holder = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True)
+        assert holder.stdout.readline() == "mapped\n"
+        proc = run_runner(["-m", *DS_QUICK, f"hydra.sweep.dir={sweep}"], cache_dir)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert f"; removed its 2 shared-memory segment(s) (/dev/shm, master port {port})" in proc.stderr
+        assert not any(path.exists() for path in ranks)
+        assert other.exists() and mapped.exists()
+        again = json.loads(lease_path.read_text())
+        assert again["attempt"] == 2 and segments(again["master_port"]) == []  # the resumed job's own, at its end
+        assert results(sweep)[0]["status"] == "ok"
+    finally:
+        if holder is not None:
+            holder.kill()
+            holder.wait()
+        other.unlink(missing_ok=True)
+        mapped.unlink(missing_ok=True)

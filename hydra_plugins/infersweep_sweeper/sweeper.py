@@ -26,6 +26,7 @@ from core.rounds import rounds_done
 from runner.callbacks import bad_input
 from runner.config import resolve, unknown_key
 from runner.stack import visible_gpus
+from runner.storage import stop_when_unwritable
 from runner.validate import preflight_reason
 
 
@@ -64,6 +65,12 @@ def round_order(jobs: list, together: bool, seed: int, round_number: int) -> lis
 
 class RoundsSweeper(BasicSweeper):
     def sweep(self, arguments: list) -> list:
+        """The jobs, checked, then launched round by round; a write into the sweep directory that fails for lack
+        of space (Hydra's own files of a job included) stops the sweep in one line."""
+        with stop_when_unwritable(self.config.hydra.sweep.dir):
+            return self._sweep(arguments)
+
+    def _sweep(self, arguments: list) -> list:
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         overrides = parser.parse_overrides(self._parse_config() + list(arguments))
         if any(o.key_or_group in ("rounds", "round") for o in overrides if o.is_sweep_override()):
