@@ -2,8 +2,9 @@
 one self-contained HTML page with the tables and the PNG charts embedded.
 
 The page's sections come in the order a reader asks: what was run (the command, what varied and what stayed
-fixed, the hardware, versions and measured ceilings, each row's colour), then the fastest row per batch size,
-latency, throughput, load time, memory, the roofline, and the jobs that did not end ok. Every number shown is
+fixed, the hardware, versions and measured ceilings, each row's colour), then the best row per batch size
+(fastest, cheapest, most energy-efficient), latency, throughput (with the Pareto front of throughput per
+device against latency), cost, load time, memory, the roofline, and the jobs that did not end ok. Every number shown is
 read from the results."""
 import base64
 import html
@@ -17,7 +18,7 @@ import pandas as pd
 import yaml
 from matplotlib.figure import Figure
 
-from analysis import charts
+from analysis import charts, efficiency
 from analysis.results import sweep_summary
 from analysis.tables import (
     groups,
@@ -30,8 +31,9 @@ from analysis.tables import (
 )
 from core.jobdir import LIBRARIES, SWEEP_FILE, option_text, read_sweep
 
-SECTIONS = ("What was run", "Fastest per batch size", "Latency: ms per token",
-            "Throughput: tokens per second", "Load time", "Memory", "Roofline", "Jobs that did not end ok")
+SECTIONS = ("What was run", "Best point per batch size", "Latency: ms per token",
+            "Throughput: tokens per second", "Cost: USD per million tokens", "Load time", "Memory", "Roofline",
+            "Jobs that did not end ok")
 CORNER = "backend dtype \\ batch size"
 
 STYLE = """
@@ -295,32 +297,56 @@ def _number(job: pd.Series | None, key: str, digits: int) -> str:
     return "" if job is None or pd.isna(job[key]) else f"{job[key]:.{digits}f}"
 
 
-def fastest_table(part: pd.DataFrame) -> pd.DataFrame:
-    """Per batch size: the row with the lowest ms per token among the jobs that ended ok, its ms per token and
-    tokens/s, and the next fastest row; "none ended ok" with the statuses where no job did."""
+def _best(measured: pd.DataFrame, key: str) -> pd.Series | None:
+    """The job with the lowest `key` among `measured` (None where none has one)."""
+    ranked = measured[measured[key].notna()].sort_values(key, kind="stable")
+    return ranked.iloc[0] if len(ranked) else None
+
+
+def usd_text(value: float) -> str:
+    """USD per million tokens with three significant digits, never in e-notation."""
+    return f"{value:.0f}" if value >= 100 else f"{value:.3g}" if value >= 0.001 else f"{value:.2e}"
+
+
+def best_table(part: pd.DataFrame) -> pd.DataFrame:
+    """Per batch size, among the jobs that ended ok: the fastest row (lowest ms per token; its tokens/s, and
+    the next fastest), the cheapest (lowest USD per million tokens: "no price set" where no job has a cost)
+    and the most energy-efficient (lowest energy_j_per_token: "not measured" where no job has it); "none
+    ended ok" with the statuses where no job did."""
     none = pd.Series(index=part.index, dtype=float)
     ms, tokens = part.get("ms_per_token", none), part.get("tokens_per_s", none)
-    measured = part.assign(ms=ms, tokens=tokens)[(part["status"] == "ok") & ms.notna()]
+    measured = part.assign(ms=ms, tokens=tokens, usd=part.get("usd_per_mtok", none),
+                           energy=pd.to_numeric(part.get("energy_j_per_token", none), errors="coerce"))
+    measured = measured[(part["status"] == "ok") & ms.notna()]
     rows = []
     for size in _sorted(part["config.batch_size"].unique()):
-        ranked = measured[measured["config.batch_size"] == size].sort_values("ms")
+        jobs = measured[measured["config.batch_size"] == size]
+        ranked = jobs.sort_values("ms", kind="stable")
         first, second = (ranked.iloc[i] if len(ranked) > i else None for i in (0, 1))
+        cheapest, frugal = _best(jobs, "usd"), _best(jobs, "energy")
         statuses = ", ".join(sorted(set(part.loc[part["config.batch_size"] == size, "status"])))
         rows.append({"batch size": size,
                      "fastest": f"none ended ok ({statuses})" if first is None else first["label"],
                      "ms per token": _number(first, "ms", 2), "tokens/s": _number(first, "tokens", 1),
                      "next fastest": "" if second is None else second["label"],
-                     "its ms per token": _number(second, "ms", 2)})
+                     "its ms per token": _number(second, "ms", 2),
+                     "cheapest": "" if first is None else "no price set" if cheapest is None else cheapest["label"],
+                     "USD per Mtok": "" if cheapest is None else usd_text(cheapest["usd"]),
+                     "most energy-efficient": "" if first is None else "not measured" if frugal is None
+                     else frugal["label"],
+                     "J per token": _number(frugal, "energy", 3)})
     return pd.DataFrame(rows).set_index("batch size").rename_axis(None)
 
 
-def _fastest(page: Page, grouped: list) -> None:
+def _best_points(page: Page, grouped: list) -> None:
     page.section(SECTIONS[1])
-    page.note("Per batch size, the row with the lowest ms per generated token among the jobs that ended ok "
-              "(load and warm-up excluded), and the next fastest.")
+    page.note("Per batch size, among the jobs that ended ok: the fastest row (lowest ms per generated token, "
+              "load and warm-up excluded) and the next fastest; the cheapest (lowest USD per million generated "
+              "tokens, under Cost); the most energy-efficient (lowest energy_j_per_token, joules per generated "
+              "token, where the results have it).")
     for title, part in grouped:
         page.heading(title)
-        page.seed_table(fastest_table(part), f"fastest_{_slug(title)}", corner="batch size")
+        page.seed_table(best_table(part), f"best_{_slug(title)}", corner="batch size")
 
 
 def _latency(page: Page, grouped: list, df: pd.DataFrame) -> None:
@@ -353,10 +379,59 @@ def _throughput(page: Page, grouped: list, df: pd.DataFrame, reference: str | No
                     charts.TOKENS_PER_S.caption)
         page.figure(charts.speedup_chart(part, title, ref, page.colors) if ref else None, f"speedup_{slug}",
                     charts.SPEEDUP.caption)
+    for title, device, points in pareto_groups(df):
+        page.heading(f"Throughput per {device} against latency: {title}")
+        page.figure(charts.pareto_chart(points, title, device, page.colors), f"pareto_{_slug(title)}",
+                    charts.PARETO.caption.format(device=device))
+        page.table(pareto_table(points, device), index=False)
+
+
+def pareto_groups(df: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
+    """(title, device, points) per model and kind of device (GPU, or a node on the CPU): every job that ended
+    ok with a throughput, whatever its GPU count, `front` marking the Pareto front of throughput per device
+    (higher is better) against the ms per token of one sequence (lower is better)."""
+    ok = df[(df["status"] == "ok") & df["tokens_per_s_per_device"].notna() & df["stream_ms_per_token"].gt(0)]
+    found = []
+    for (model, cpu), points in ok.groupby([ok["config.model.name"], efficiency.on_cpu(ok)], sort=True):
+        front = efficiency.pareto_front(points, "stream_ms_per_token", "tokens_per_s_per_device")
+        found.append((f"{model}, {'CPU' if cpu else 'GPUs'}", "node" if cpu else "GPU", points.assign(front=front)))
+    return found
+
+
+def pareto_table(points: pd.DataFrame, device: str) -> pd.DataFrame:
+    """The points of the Pareto front, fastest sequence first: row, batch size, devices, ms per token of one
+    sequence and tokens/s per device."""
+    front = points[points["front"]].sort_values("stream_ms_per_token")
+    return pd.DataFrame({"Pareto front: row": front["label"], "batch size": front["config.batch_size"].astype(str),
+                         f"{device}s": efficiency.devices(front).map(lambda n: f"{n:g}"),
+                         "ms per token of a sequence": front["stream_ms_per_token"].map(lambda v: f"{v:.2f}"),
+                         f"tokens/s per {device}": front["tokens_per_s_per_device"].map(lambda v: f"{v:.1f}")})
+
+
+def _cost(page: Page, grouped: list, df: pd.DataFrame) -> None:
+    page.section(SECTIONS[4])
+    page.note("USD per million generated tokens, lower is better: the price of one device-hour (a GPU, or a "
+              "node for a CPU job; price_per_gpu_hour and price_per_cpu_node_hour in the sweep's config, or "
+              "--price-per-gpu-hour and --price-per-cpu-node-hour of the report, which override it) / 3600 x "
+              "the devices the job held / its tokens/s x 1e6.")
+    priced = df[df["price_per_hour"].notna()]
+    for price, jobs in priced.groupby("price_per_hour"):
+        kinds = sorted({"CPU node" if c else "GPU" for c in efficiency.on_cpu(jobs)})
+        page.note(f"{', '.join(kinds)}: {price:g} USD per hour ({len(jobs)} job(s)).")
+    reasons = sorted(set(df["usd_per_mtok_reason"]) - {""})
+    if reasons:
+        page.note("No cost where a job ended ok but has none: " + "; ".join(reasons) + ".")
+    cells = [usd_text(v) if pd.notna(v) else "no price" for v in df["usd_per_mtok"]]
+    table = seed_table(df.assign(usd_cell=cells), "usd_cell")
+    for title, part in grouped:
+        slug = _slug(title)
+        page.heading(title)
+        page.seed_table(_group_rows(table, part), f"usd_per_mtok_{slug}")
+        page.figure(charts.cost_chart(part, title, page.colors), f"usd_per_mtok_{slug}", charts.COST.caption)
 
 
 def _load(page: Page, grouped: list, df: pd.DataFrame) -> None:
-    page.section(SECTIONS[4])
+    page.section(SECTIONS[5])
     page.note("load_s, seconds: the model made ready to generate (weights loaded, placed, engine "
               "initialised); not the launcher start, the imports or the warm-up generate. Median, min and "
               "max over the jobs of each row that ended ok.")
@@ -371,7 +446,7 @@ def _load(page: Page, grouped: list, df: pd.DataFrame) -> None:
 
 
 def _memory(page: Page, grouped: list, df: pd.DataFrame) -> None:
-    page.section(SECTIONS[5])
+    page.section(SECTIONS[6])
     table = seed_table(df, "peak_mem_gib", 2)
     for title, part in grouped:
         slug, kind = _slug(title), charts.memory_kind(part)
@@ -387,7 +462,7 @@ def _memory(page: Page, grouped: list, df: pd.DataFrame) -> None:
 
 
 def _roofline(page: Page, grouped: list, df: pd.DataFrame) -> None:
-    page.section(SECTIONS[6])
+    page.section(SECTIONS[7])
     table = roofline_table(df)
     if table.empty:
         page.note("No result holds a roofline (no job ended ok, or the results predate it).")
@@ -416,7 +491,7 @@ def failures_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _failures(page: Page, df: pd.DataFrame) -> None:
-    page.section(SECTIONS[7])
+    page.section(SECTIONS[8])
     failed = failures_table(df)
     if failed.empty:
         page.note("Every job ended ok.")
@@ -427,11 +502,13 @@ def _failures(page: Page, df: pd.DataFrame) -> None:
     page.table(failed, index=False, text=True)
 
 
-def write_report(df: pd.DataFrame, out: Path, reference: str | None = None,
-                 sweep_dirs: Sequence[Path] = ()) -> Path:
+def write_report(df: pd.DataFrame, out: Path, reference: str | None = None, sweep_dirs: Sequence[Path] = (),
+                 price_per_gpu_hour: float | None = None, price_per_cpu_node_hour: float | None = None) -> Path:
     """Write every table, chart and report.md / report.html of the results `df` into `out`; returns the HTML.
-    `sweep_dirs`: where the results were read, for the commands that ran them (Hydra's multirun.yaml)."""
+    `sweep_dirs`: where the results were read, for the commands that ran them (Hydra's multirun.yaml). The
+    prices (USD per hour of a GPU, of a CPU node) override those the results' configs recorded."""
     out.mkdir(parents=True, exist_ok=True)
+    df = efficiency.with_latency(efficiency.with_cost(df, price_per_gpu_hour, price_per_cpu_node_hour))
     note = f"{len(df)} jobs in {df['run_id'].nunique()} sweep(s)."
     df = df.sort_values("timestamp", kind="stable")
     repeated = df.assign(label=row_labels(df)).duplicated(["label", "config.batch_size"], keep="last")
@@ -442,9 +519,10 @@ def write_report(df: pd.DataFrame, out: Path, reference: str | None = None,
     page = Page(out, charts.colors(df["label"]))
     grouped = list(groups(df))
     _what_was_run(page, df, note, sweep_dirs)
-    _fastest(page, grouped)
+    _best_points(page, grouped)
     _latency(page, grouped, df)
     _throughput(page, grouped, df, reference)
+    _cost(page, grouped, df)
     _load(page, grouped, df)
     _memory(page, grouped, df)
     _roofline(page, grouped, df)
