@@ -7,6 +7,9 @@ a machine between processes minutes apart hits every point alike. A job keeps it
 in every round and is launched with `round=k`; the runner adds each round to the job's result
 (core/rounds.py). Jobs that share a loaded model (isolate=false: same load key) stay together in a round,
 so that a round is one worker process over their batch sizes.
+
+With dry_run=true it checks every job as before a launch, prints the plan (runner/dryrun.py) and launches
+nothing.
 """
 import random
 from dataclasses import dataclass
@@ -15,11 +18,12 @@ from pathlib import Path
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from core.jobdir import GENERATION_KEYS, read_sweep
 from runner.callbacks import bad_input
 from runner.config import resolve, unknown_key
+from runner.dryrun import print_plan
 from runner.stack import visible_gpus
 from runner.validate import preflight_reason
 
@@ -59,10 +63,17 @@ class RoundsSweeper(BasicSweeper):
     def sweep(self, arguments: list) -> list:
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         overrides = parser.parse_overrides(self._parse_config() + list(arguments))
-        if any(o.key_or_group in ("rounds", "round") for o in overrides if o.is_sweep_override()):
-            bad_input("rounds: one value for the whole sweep (allowed: a single positive int)")
+        for key, allowed in (("rounds", "a single positive int"), ("round", "a single positive int"),
+                             ("dry_run", "true or false")):
+            if any(o.key_or_group == key for o in overrides if o.is_sweep_override()):
+                bad_input(f"{key}: one value for the whole sweep (allowed: {allowed})")
         jobs = [list(job) for batch in self.split_arguments(overrides, None) for job in batch]
-        self.check_before_launch(jobs)
+        checked = self.check_before_launch(jobs)
+        if self.config.get("dry_run"):
+            from analysis.history import history_path  # pandas: only where a dry run needs the history
+
+            print_plan(checked, history_path())
+            return []
         rounds = int(self.config.get("rounds", 1))
         if rounds == 1:
             return super().sweep(arguments)
@@ -82,15 +93,20 @@ class RoundsSweeper(BasicSweeper):
                 returns.append(results)
         return returns
 
-    def check_before_launch(self, jobs: list) -> None:
+    def check_before_launch(self, jobs: list) -> list:
         """Every job's config, composed as its launch will compose it, checked before the first launch:
         an unknown key (a `+key` typo) or an input the sweep cannot start with ends the runner in one line
-        (exit 2), with nothing launched."""
-        for overrides in jobs:
+        (exit 2), with nothing launched. Returns each job's (resolved config, job directory)."""
+        checked = []
+        for number, overrides in enumerate(jobs):
             cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
             problem = unknown_key(cfg)
             if not problem:
-                job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
-                problem = preflight_reason(resolve(job), visible_gpus())
+                config = resolve(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
+                problem = preflight_reason(config, visible_gpus())
             if problem:
                 bad_input(problem)
+            with open_dict(cfg):
+                cfg.hydra.job.num = number  # as the launcher numbers it: the job directory's name
+            checked.append((config, Path(cfg.hydra.sweep.dir) / str(cfg.hydra.sweep.subdir)))
+        return checked
