@@ -45,7 +45,7 @@ nav a { margin-right: 1em; white-space: nowrap; }
 .scroll { overflow-x: auto; margin: 0.8em 0; }
 table { border-collapse: collapse; font-variant-numeric: tabular-nums; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.7em; text-align: right; vertical-align: top; }
-th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; white-space: nowrap; }
+th { background: #f3f3f3; white-space: nowrap; } td:first-child, th:first-child { text-align: left; white-space: nowrap; }
 td.failed { color: #b00; font-weight: 600; } table:not(.text) td { white-space: nowrap; }
 table.text td, table.text th, td:has(.swatch) { text-align: left; } td:has(.swatch) { white-space: nowrap; }
 figure { margin: 1em 0 2.2em; } figure img { max-width: 100%; height: auto; display: block; }
@@ -304,46 +304,42 @@ def _best(measured: pd.DataFrame, key: str) -> pd.Series | None:
 
 
 def usd_text(value: float) -> str:
-    """USD per million tokens with three significant digits, never in e-notation."""
-    return f"{value:.0f}" if value >= 100 else f"{value:.3g}" if value >= 0.001 else f"{value:.2e}"
+    """USD per million tokens with three significant digits (1.10, 0.318), whole dollars from 100 on."""
+    return f"{value:.0f}" if value >= 100 else f"{value:#.3g}" if value >= 0.001 else f"{value:.2e}"
 
 
 def best_table(part: pd.DataFrame) -> pd.DataFrame:
-    """Per batch size, among the jobs that ended ok: the fastest row (lowest ms per token; its tokens/s, and
-    the next fastest), the cheapest (lowest USD per million tokens: "no price set" where no job has a cost)
-    and the most energy-efficient (lowest energy_j_per_token: "not measured" where no job has it); "none
-    ended ok" with the statuses where no job did."""
+    """Per batch size, among the jobs that ended ok: the fastest row (lowest ms per token, with its tokens/s),
+    the cheapest (lowest USD per million tokens: "no price set" where no job has a cost) and the one that
+    uses the least energy (lowest energy_j_per_token: "not measured" where no job has it); "none ended ok"
+    with the statuses where no job did."""
     none = pd.Series(index=part.index, dtype=float)
-    ms, tokens = part.get("ms_per_token", none), part.get("tokens_per_s", none)
-    measured = part.assign(ms=ms, tokens=tokens, usd=part.get("usd_per_mtok", none),
+    measured = part.assign(ms=part.get("ms_per_token", none), tokens=part.get("tokens_per_s", none),
+                           usd=part.get("usd_per_mtok", none),
                            energy=pd.to_numeric(part.get("energy_j_per_token", none), errors="coerce"))
-    measured = measured[(part["status"] == "ok") & ms.notna()]
+    measured = measured[(part["status"] == "ok") & measured["ms"].notna()]
     rows = []
     for size in _sorted(part["config.batch_size"].unique()):
         jobs = measured[measured["config.batch_size"] == size]
-        ranked = jobs.sort_values("ms", kind="stable")
-        first, second = (ranked.iloc[i] if len(ranked) > i else None for i in (0, 1))
-        cheapest, frugal = _best(jobs, "usd"), _best(jobs, "energy")
+        fastest, cheapest, frugal = _best(jobs, "ms"), _best(jobs, "usd"), _best(jobs, "energy")
         statuses = ", ".join(sorted(set(part.loc[part["config.batch_size"] == size, "status"])))
+        ran = fastest is not None
         rows.append({"batch size": size,
-                     "fastest": f"none ended ok ({statuses})" if first is None else first["label"],
-                     "ms per token": _number(first, "ms", 2), "tokens/s": _number(first, "tokens", 1),
-                     "next fastest": "" if second is None else second["label"],
-                     "its ms per token": _number(second, "ms", 2),
-                     "cheapest": "" if first is None else "no price set" if cheapest is None else cheapest["label"],
-                     "USD per Mtok": "" if cheapest is None else usd_text(cheapest["usd"]),
-                     "most energy-efficient": "" if first is None else "not measured" if frugal is None
-                     else frugal["label"],
-                     "J per token": _number(frugal, "energy", 3)})
+                     "fastest": fastest["label"] if ran else f"none ended ok ({statuses})",
+                     "ms/token": _number(fastest, "ms", 2), "tokens/s": _number(fastest, "tokens", 1),
+                     "cheapest": cheapest["label"] if cheapest is not None else "no price set" if ran else "",
+                     "USD/Mtok": "" if cheapest is None else usd_text(cheapest["usd"]),
+                     "least energy": frugal["label"] if frugal is not None else "not measured" if ran else "",
+                     "J/token": _number(frugal, "energy", 3)})
     return pd.DataFrame(rows).set_index("batch size").rename_axis(None)
 
 
 def _best_points(page: Page, grouped: list) -> None:
     page.section(SECTIONS[1])
     page.note("Per batch size, among the jobs that ended ok: the fastest row (lowest ms per generated token, "
-              "load and warm-up excluded) and the next fastest; the cheapest (lowest USD per million generated "
-              "tokens, under Cost); the most energy-efficient (lowest energy_j_per_token, joules per generated "
-              "token, where the results have it).")
+              "load and warm-up excluded), the cheapest (lowest USD per million generated tokens, under Cost) "
+              "and the most energy-efficient (lowest energy_j_per_token, joules per generated token, where the "
+              "results have it).")
     for title, part in grouped:
         page.heading(title)
         page.seed_table(best_table(part), f"best_{_slug(title)}", corner="batch size")
