@@ -309,13 +309,12 @@ def usd_text(value: float) -> str:
 
 
 def best_table(part: pd.DataFrame) -> pd.DataFrame:
-    """Per batch size, among the jobs that ended ok: the fastest row (lowest ms per token, with its tokens/s),
-    the cheapest (lowest USD per million tokens: "no price set" where no job has a cost) and the one that
-    uses the least energy (lowest energy_j_per_token: "not measured" where no job has it); "none ended ok"
-    with the statuses where no job did."""
+    """Per batch size, among the jobs that ended ok: the fastest row (lowest ms per token), the cheapest
+    (lowest USD per million tokens: "no price set" where no job has a cost) and the one that uses the least
+    energy (lowest energy_j_per_token: "not measured" where no job has it); "none ended ok" with the
+    statuses where no job did."""
     none = pd.Series(index=part.index, dtype=float)
-    measured = part.assign(ms=part.get("ms_per_token", none), tokens=part.get("tokens_per_s", none),
-                           usd=part.get("usd_per_mtok", none),
+    measured = part.assign(ms=part.get("ms_per_token", none), usd=part.get("usd_per_mtok", none),
                            energy=pd.to_numeric(part.get("energy_j_per_token", none), errors="coerce"))
     measured = measured[(part["status"] == "ok") & measured["ms"].notna()]
     rows = []
@@ -326,7 +325,7 @@ def best_table(part: pd.DataFrame) -> pd.DataFrame:
         ran = fastest is not None
         rows.append({"batch size": size,
                      "fastest": fastest["label"] if ran else f"none ended ok ({statuses})",
-                     "ms/token": _number(fastest, "ms", 2), "tokens/s": _number(fastest, "tokens", 1),
+                     "ms/token": _number(fastest, "ms", 2),
                      "cheapest": cheapest["label"] if cheapest is not None else "no price set" if ran else "",
                      "USD/Mtok": "" if cheapest is None else usd_text(cheapest["usd"]),
                      "least energy": frugal["label"] if frugal is not None else "not measured" if ran else "",

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from core.jobdir import attempts, read_lease
 from core.rounds import rounds_done
+from runner.callbacks import bad_input
 from runner.job import earlier_result, finished_result
 from runner.progress import clock, job_label
 from runner.stack import interpreter, probe, visible_gpus
@@ -47,19 +48,23 @@ def job_state(job_dir: Path, config: dict) -> tuple[str, str, int]:
 
 
 def print_plan(jobs: list[tuple[dict, Path]], history: Path) -> None:
-    """One line per job (its number, label and state), the count of each state, and the estimate."""
+    """One line per job (its number, label and state), the count of each state, and the estimate. A history
+    that cannot be read is bad input (exit 2), as it is for a real run."""
     from analysis.history import round_seconds
 
     states = [job_state(job_dir, config) for config, job_dir in jobs]
+    running = [(config, rounds) for (config, _), (_, _, rounds) in zip(jobs, states) if rounds]
+    try:
+        seconds = round_seconds(history, [config for config, _ in running])
+    except ValueError as e:
+        bad_input(str(e))
     for number, ((config, _), (state, why, _)) in enumerate(zip(jobs, states)):
         print(f"#{number} {job_label({**config, 'rounds': 1})}: {state}" + (f" ({why})" if why else ""))
     counts = [sum(s == state for s, _, _ in states) for state in STATES]
     print("plan: " + ", ".join(f"{n} {state}" for n, state in zip(counts, STATES)) + "; nothing launched")
-    running = [(config, rounds) for (config, _), (_, _, rounds) in zip(jobs, states) if rounds]
     if not running:
         print("estimate: nothing to run")
         return
-    seconds = round_seconds(history, [config for config, _ in running])
     known = [s * rounds for (_, rounds), s in zip(running, seconds) if s is not None]
     total = sum(known)
     line = f"estimate: {len(known)} of {len(running)} jobs known from history"

@@ -80,4 +80,9 @@ def test_dry_run_refuses_bad_input_in_one_line(tmp_path):
         proc = run_runner(args, tmp_path / "cache", history=tmp_path / "history.sqlite")
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.strip().splitlines()[-1] == f"error: {line}"
+    not_a_history = tmp_path / "notes.txt"
+    not_a_history.write_text("not a database\n")
+    proc = run_runner(["-m", "dry_run=true", sweep], tmp_path / "cache", history=not_a_history)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == f"error: the history {not_a_history}: cannot be read: file is not a database"
     assert not (tmp_path / "sweep").exists() and not (tmp_path / "cache").exists()
