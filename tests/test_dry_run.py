@@ -1,5 +1,6 @@
 """`python -m runner -m ... dry_run=true`: each job's state and the sweep's estimated time, nothing launched,
 nothing written."""
+import shutil
 from datetime import datetime
 from pathlib import Path
 
@@ -55,6 +56,24 @@ class TestAccelerateSweep:
         assert proc.stdout.splitlines()[0] == "#0 accelerate bf16 gpus=0 bs=1: done (ok, kept)"
         assert proc.stdout.splitlines()[-2:] == ["plan: 0 new, 2 done, 0 resumable, 2 invalid; nothing launched",
                                                  "estimate: nothing to run"]
+
+    def test_an_interrupted_job_is_resumable_and_a_corrupt_result_stays_where_it_is(self, accelerate_sweep,
+                                                                                   cache_dir, tmp_path):
+        copy = tmp_path / "sweep"
+        shutil.copytree(accelerate_sweep["dir"], copy)
+        (copy / "0" / "result.json").unlink()  # as a runner killed mid-job leaves it: attempts, no result
+        (copy / "1" / "result.json").write_text("{not json")
+        before = files(copy)
+        proc = run_runner(["-m", "dtype=bf16,int8", "batch_size=1,4", *FIXTURE, "dry_run=true",
+                           f"hydra.sweep.dir={copy}"], cache_dir, history=accelerate_sweep["history"])
+        assert proc.returncode == 0, proc.stderr
+        lines = proc.stdout.splitlines()
+        assert lines[0] == ("#0 accelerate bf16 gpus=0 bs=1: resumable (an earlier attempt ended before its "
+                            "result: it runs again)")
+        assert lines[1].startswith(f"#1 accelerate bf16 gpus=0 bs=4: new (corrupt result file {copy / '1' / 'result.json'}")
+        assert lines[1].endswith("; to be moved to result.json.corrupt, the job runs again)")
+        assert lines[5].startswith("estimate: 2 of 2 jobs known from history, ~")
+        assert files(copy) == before
 
 
 def test_dry_run_of_a_new_sweep_creates_no_directory_history_or_checkpoint(tmp_path):
