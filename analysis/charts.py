@@ -307,7 +307,8 @@ def pareto_chart(points: pd.DataFrame, title: str, device: str, colors: dict[str
     _log_y(ax, PARETO.axis.format(device=device))
     fig.suptitle(f"{PARETO.title.format(device=device)}: {title}")
     _legend(fig, [_handle(label, colors[label], linestyle="") for label in labels]
-            + [Line2D([], [], color="black", marker="o", markersize=9, markerfacecolor="none", label="Pareto front")])
+            + [Line2D([], [], color="black", marker="o", markersize=9, markerfacecolor="none",
+                      label="Pareto front")])
     return fig
 
 

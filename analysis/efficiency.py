@@ -25,7 +25,8 @@ def with_cost(df: pd.DataFrame, price_per_gpu_hour: float | None = None,
     none ("" where it has one, and for jobs that did not end ok, whose status says why)."""
     cpu = on_cpu(df)
     given = {True: price_per_cpu_node_hour, False: price_per_gpu_hour}
-    recorded = {on: df.get(f"config.{key}", pd.Series(None, index=df.index, dtype=float)) for on, key in PRICE_KEYS.items()}
+    none = pd.Series(None, index=df.index, dtype=float)
+    recorded = {on: df.get(f"config.{key}", none) for on, key in PRICE_KEYS.items()}
     price = pd.Series([given[c] if given[c] is not None else recorded[c][i] for i, c in zip(df.index, cpu)],
                       index=df.index, dtype=float)
     tokens = pd.to_numeric(df.get("tokens_per_s", pd.Series(None, index=df.index)), errors="coerce")

@@ -224,7 +224,8 @@ def round_seconds(path: Path, configs: list[dict]) -> list[float | None]:
     for (text,) in rows:
         result = json.loads(text)
         seconds = [(datetime.fromisoformat(r["ended"]) - datetime.fromisoformat(r["started"])).total_seconds()
-                   for r in result.get("rounds") or [] if r.get("status") != "invalid" and r.get("started") and r.get("ended")]
+                   for r in result.get("rounds") or []
+                   if r.get("status") != "invalid" and r.get("started") and r.get("ended")]
         if seconds:
             key = flat_key(result["config"])
             known.setdefault(_coarse(key), []).append((key, seconds))

@@ -4,8 +4,8 @@ one self-contained HTML page with the tables and the PNG charts embedded.
 The page's sections come in the order a reader asks: what was run (the command, what varied and what stayed
 fixed, the hardware, versions and measured ceilings, each row's colour), then the best row per batch size
 (fastest, cheapest, most energy-efficient), latency, throughput (with the Pareto front of throughput per
-device against latency), cost, load time, memory, the roofline, and the jobs that did not end ok. Every number shown is
-read from the results."""
+device against latency), cost, load time, memory, the roofline, and the jobs that did not end ok. Every number
+shown is read from the results."""
 import base64
 import html
 import json
@@ -45,7 +45,8 @@ nav a { margin-right: 1em; white-space: nowrap; }
 .scroll { overflow-x: auto; margin: 0.8em 0; }
 table { border-collapse: collapse; font-variant-numeric: tabular-nums; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.7em; text-align: right; vertical-align: top; }
-th { background: #f3f3f3; white-space: nowrap; } td:first-child, th:first-child { text-align: left; white-space: nowrap; }
+th { background: #f3f3f3; white-space: nowrap; }
+td:first-child, th:first-child { text-align: left; white-space: nowrap; }
 td.failed { color: #b00; font-weight: 600; } table:not(.text) td { white-space: nowrap; }
 table.text td, table.text th, td:has(.swatch) { text-align: left; } td:has(.swatch) { white-space: nowrap; }
 figure { margin: 1em 0 2.2em; } figure img { max-width: 100%; height: auto; display: block; }

@@ -26,7 +26,7 @@ STATES = ("new", "done", "resumable", "invalid")
 
 
 def job_state(job_dir: Path, config: dict) -> tuple[str, str, int]:
-    """(state, why, how many rounds the run would launch) of one job (the module's docstring says the states)."""
+    """(state, why, how many rounds the run would launch) of one job (the states: the module's docstring)."""
     rounds = config["rounds"]
     kept, _, _ = finished_result(job_dir, config, None, move=False)
     if kept is not None:
