@@ -281,6 +281,45 @@ def _judge(ratio: float, ev: Evidence | None, min_effect: float, confidence: flo
             "detectable": seen, "rounds_needed": needed}
 
 
+# ---------------------------------------------------------------------------------------------------
+# The conditions a job ran under (its telemetry): differences that can explain a change of its figure
+
+# (field, what, unit, relative change that is noted): a mean over the timed repeats.
+CLOCKS = (("telemetry.gpu.sm_clock_mhz_mean", "SM clock", "MHz", 0.03),
+          ("telemetry.gpu.mem_clock_mhz_mean", "memory clock", "MHz", 0.03),
+          ("telemetry.host.cpu_freq_mhz_mean", "CPU clock", "MHz", 0.10))
+OTHER_CPU_CHANGE = 0.10  # other processes' share of the machine's CPU, this far apart (0.02 -> 0.12)
+NOT_THROTTLING = {"GpuIdle"}  # what NVML reports of a GPU waiting for work, not a limit on a busy one
+
+
+def _value(job: Mapping, key: str) -> object:
+    """A job's field (a results frame row's column, or a result's dotted key); None where it has none."""
+    value = job.get(key)
+    if isinstance(value, list):
+        return value
+    return None if value is None or pd.isna(value) else value
+
+
+def condition_changes(before: Mapping, after: Mapping, sides: tuple = ("baseline", "candidate")) -> list[str]:
+    """How the conditions of two jobs (results frame rows) differ: a GPU or CPU clock ("SM clock 1980 ->
+    1755 MHz"), a throttle reason one side saw ("throttle: SwPowerCap in candidate"), the CPU share of
+    other processes ("other CPU share 0.02 -> 0.41"). Empty where neither recorded telemetry."""
+    notes = []
+    for key, what, unit, change in CLOCKS:
+        a, b = _value(before, key), _value(after, key)
+        if a and b and abs(b / a - 1) >= change:
+            notes.append(f"{what} {a:.0f} -> {b:.0f} {unit}")
+    a, b = (set(_value(job, "telemetry.gpu.throttle_reasons") or []) - NOT_THROTTLING for job in (before, after))
+    if b - a:
+        notes.append(f"throttle: {', '.join(sorted(b - a))} in {sides[1]}")
+    if a - b:
+        notes.append(f"throttle: {', '.join(sorted(a - b))} in {sides[0]} only")
+    a, b = (_value(job, "telemetry.host.other_cpu_share") for job in (before, after))
+    if a is not None and b is not None and abs(b - a) >= OTHER_CPU_CHANGE:
+        notes.append(f"other CPU share {a:.2f} -> {b:.2f}")
+    return notes
+
+
 def _shown(job: pd.Series) -> object:
     """What a table shows for a job: its median ms/token over rounds if it ran, else its status."""
     return float(np.median(round_figures(job))) if job["status"] == "ok" else job["status"]
@@ -289,7 +328,7 @@ def _shown(job: pd.Series) -> object:
 def _pair(b: pd.Series, c: pd.Series, history: pd.DataFrame) -> tuple[dict, Evidence | None]:
     """A matched pair's table fields and, where both ran ok, its evidence (None where there is no noise
     estimate). A status change is decided here: ok to not ok regressed, the reverse improved."""
-    row = {"baseline": _shown(b), "candidate": _shown(c)}
+    row = {"baseline": _shown(b), "candidate": _shown(c), "conditions": "; ".join(condition_changes(b, c))}
     if b["status"] != "ok" or c["status"] != "ok":
         verdict = ("regressed" if b["status"] == "ok" else "improved" if c["status"] == "ok" else "unchanged")
         return {**row, "verdict": verdict}, None
@@ -320,7 +359,7 @@ def _history_of_points(history: pd.DataFrame, columns: list[str]) -> pd.DataFram
 
 
 COLUMNS = ["key", "point", "baseline", "candidate", "ratio", "ci_low", "ci_high", "noise", "noise_source",
-           "detectable", "rounds_needed", "load_ratio", "verdict"]
+           "detectable", "rounds_needed", "load_ratio", "verdict", "conditions"]
 
 
 def compare(baseline: pd.DataFrame, candidate: pd.DataFrame, min_effect: float = 0.05, confidence: float = 0.95,
@@ -328,7 +367,7 @@ def compare(baseline: pd.DataFrame, candidate: pd.DataFrame, min_effect: float =
     """One row per point of either sweep (COLUMNS): key, point, baseline and candidate median ms/token over
     rounds (or status), ratio with its interval, noise (sigma of the log of one round) and its source,
     the smallest change it could have seen, rounds a side that would decide an inconclusive point, load_s
-    ratio, and the verdict (one of VERDICTS). `history`: results of earlier sweeps (earlier_results), where
+    ratio, the verdict (one of VERDICTS), and how the conditions of a matched pair differ (condition_changes). `history`: results of earlier sweeps (earlier_results), where
     the noise of points with too few rounds comes from. `confidence` holds over all the points judged with a
     noise estimate together (each_confidence). max_detectable: default twice min_effect."""
     max_detectable = 2 * min_effect if max_detectable is None else max_detectable
@@ -432,6 +471,10 @@ def markdown(verdicts: pd.DataFrame, baseline: pd.DataFrame, candidate: pd.DataF
         "",
         table.to_markdown(index=False, disable_numparse=True) if len(table) else "No point in common.",
     ]
+    differ = matched[matched["conditions"].fillna("") != ""]
+    if len(differ):
+        lines += ["", "**Conditions that differ** (GPU clocks, throttling, host load: they can explain a change):", ""]
+        lines += [f"- {p}: {c}" for p, c in zip(differ["point"], differ["conditions"])]
     for verdict, side, what in (("new", "candidate", "no baseline"), ("missing", "baseline", "not in candidate")):
         listed = verdicts[verdicts["verdict"] == verdict]
         if len(listed):

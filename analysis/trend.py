@@ -30,7 +30,7 @@ import ruptures
 from scipy import special
 
 from analysis import charts
-from analysis.compare import SIGMA_FLOOR, BadInput, point_keys, point_labels, shared_config
+from analysis.compare import SIGMA_FLOOR, BadInput, condition_changes, point_keys, point_labels, shared_config
 from analysis.history import sweep_results, sweeps
 from analysis.tables import row_labels
 from core.jobdir import LIBRARIES
@@ -121,13 +121,14 @@ def env_changes(before: pd.Series, after: pd.Series) -> str:
     return "; ".join(changed) or "nothing recorded"
 
 
-CHANGE_COLUMNS = ["key", "point", "sweep", "run_id", "before_run_id", "ratio", "slower", "changed", "current"]
+CHANGE_COLUMNS = ["key", "point", "sweep", "run_id", "before_run_id", "ratio", "slower", "changed", "conditions",
+                  "current"]
 
 
 def change_points(points: pd.DataFrame, metric: str, min_effect: float) -> pd.DataFrame:
     """One row per step of a point's series (CHANGE_COLUMNS): the first sweep after it (number and run_id),
     the sweep before, the ratio of the levels (after / before), whether it is to slower, what changed in the
-    env, and `current`: it is the point's last step and the point was measured in the newest sweep."""
+    env, how the conditions differ (GPU clocks, throttling, host load: analysis.compare.condition_changes), and `current`: it is the point's last step and the point was measured in the newest sweep."""
     newest = points["sweep"].max()
     ok = points[(points["status"] == "ok") & (pd.to_numeric(points[metric], errors="coerce") > 0)]
     rows = []
@@ -141,6 +142,7 @@ def change_points(points: pd.DataFrame, metric: str, min_effect: float) -> pd.Da
                          "before_run_id": before["run_id"], "ratio": ratio,
                          "slower": ratio < 1 if metric in HIGHER_IS_BETTER else ratio > 1,
                          "changed": env_changes(before, after),
+                         "conditions": "; ".join(condition_changes(before, after, ("before", "after"))),
                          "current": n == len(starts) - 1 and series["sweep"].iloc[-1] == newest})
     return pd.DataFrame(rows, columns=CHANGE_COLUMNS)
 
@@ -176,6 +178,7 @@ def markdown(trend: Trend) -> str:
         "step": [("**slower**" if s else "faster") + (", holds now" if now else "")
                  for s, now in zip(c["slower"], c["current"])],
         "what changed": c["changed"],
+        "conditions": c["conditions"],
     })
     return "\n".join(lines + [table.to_markdown(index=False, disable_numparse=True)]) + "\n"
 

@@ -34,6 +34,7 @@ BUILTIN = {
     "accelerate": "backends.accelerate",
     "ds-inference": "backends.ds_inference",
     "ds-zero": "backends.ds_zero",
+    "graph": "backends.graph",
 }
 ENV_VAR = "INFERSWEEP_BACKENDS"
 

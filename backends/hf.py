@@ -28,9 +28,10 @@ def import_model_code(checkpoint: str) -> None:
 
 
 def greedy_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, new_tokens: int,
-                    **extra) -> torch.Tensor:
-    """Greedy decoding of exactly `new_tokens` tokens with the KV cache on."""
+                    streamer=None, **extra) -> torch.Tensor:
+    """Greedy decoding of exactly `new_tokens` tokens with the KV cache on; `streamer` (the Backend
+    protocol's, backends/measure.py) is handed to generate."""
     with torch.no_grad():
         return model.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=False,
                               max_new_tokens=new_tokens, min_new_tokens=new_tokens, use_cache=True,
-                              pad_token_id=model.config.pad_token_id, **extra)
+                              pad_token_id=model.config.pad_token_id, streamer=streamer, **extra)

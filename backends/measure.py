@@ -1,10 +1,19 @@
-"""The measurement loop every backend shares: seeded prompts, one warm-up, `repeats` timed generates.
+"""The measurement loop every backend shares: seeded prompts, one warm-up, `repeats` timed generates
+(with telemetry, backends/telemetry.py), `repeats` prefills, then `repeats` latency passes.
 
 Metric definitions (docs/architecture.md):
   ms_per_token       wall time of one generate / (batch_size * new_tokens), median over repeats
   ttft_ms            one forward over the prompt batch giving the first token (a generate of 1 token)
   decode_ms_per_step (generate time - ttft) / (new_tokens - 1): one step for the whole batch
   tokens_per_s       generated tokens per second, over all streams (ranks) that generate at once
+  energy_j_per_token GPU energy of a timed repeat (every GPU of the job, summed) / the tokens it generated
+                     (every stream's), median over repeats; null without NVML (telemetry.gpu.reason says why)
+  latency            from the latency passes, separate generates after the timed ones in which a streamer
+                     synchronises the GPUs and reads the clock at every step (the timed repeats never
+                     synchronise inside a generate): ttft_ms.p50/p90/p99 from the call to the first new
+                     token, itl_ms.p50/p90/p99 between successive tokens (one step of the whole batch),
+                     over every pass; tokens_per_s_per_stream (one sequence: new_tokens / generate time) and
+                     tokens_per_s from the timed repeats' median; samples: how many of each
 """
 import resource
 import statistics
@@ -12,7 +21,10 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+import numpy as np
 import torch
+
+from backends.telemetry import Telemetry
 
 
 class Backend(Protocol):
@@ -24,7 +36,10 @@ class Backend(Protocol):
 
     def input_device(self) -> torch.device: ...
 
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, new_tokens: int) -> torch.Tensor: ...
+    # streamer: None, or an object whose put(ids) is called with the prompt and then with each step's
+    # new tokens, and end() once at the end (transformers' streamer protocol, as HF generate calls it)
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, new_tokens: int,
+                 streamer=None) -> torch.Tensor: ...
 
 
 def synchronize() -> None:
@@ -48,6 +63,50 @@ def timed(fn: Callable) -> tuple:
     return time.perf_counter() - start, out
 
 
+class StepClock:
+    """A streamer that synchronises the GPUs and reads the clock at every put(): the first put is the
+    prompt, each later one a step's new tokens."""
+
+    def __init__(self):
+        self.times: list = []
+
+    def put(self, value: torch.Tensor) -> None:
+        synchronize()
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+
+def percentiles(values: list) -> dict:
+    p50, p90, p99 = np.percentile(values, [50, 90, 99])
+    return {"p50": float(p50), "p90": float(p90), "p99": float(p99)}
+
+
+def latency_passes(backend: Backend, ids: torch.Tensor, mask: torch.Tensor, new_tokens: int, passes: int) -> dict:
+    """TTFT and inter-token latency (ms) of `passes` generates timed step by step (StepClock)."""
+    ttft, itl = [], []
+    for _ in range(passes):
+        clock = StepClock()
+        synchronize()
+        start = time.perf_counter()
+        backend.generate(ids, mask, new_tokens, streamer=clock)
+        steps = clock.times[1:]  # the first put is the prompt
+        if len(steps) != new_tokens:
+            raise RuntimeError(f"the streamer saw {len(steps)} steps of a generate of {new_tokens} tokens")
+        ttft.append((steps[0] - start) * 1000)
+        itl += [(b - a) * 1000 for a, b in zip(steps, steps[1:])]
+    return {"ttft_ms": percentiles(ttft), "itl_ms": percentiles(itl) if itl else None,
+            "samples": {"ttft": len(ttft), "itl": len(itl)}}
+
+
+def gpu_uuids() -> list:
+    """NVML's ids of the GPUs this process uses: all that torch sees (the launcher narrowed them to the job's)."""
+    if not torch.cuda.is_available():
+        return []
+    return [f"GPU-{torch.cuda.get_device_properties(i).uuid}" for i in range(torch.cuda.device_count())]
+
+
 def reset_peak_memory() -> None:
     """Start this job's GPU peak afresh (a shared worker has measured other batch sizes before)."""
     for i in range(torch.cuda.device_count()):
@@ -62,7 +121,10 @@ def peak_memory_gib() -> list:
     return [round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)]
 
 
-def measure(backend: Backend, config: dict, vocab_size: int, stream: int, phase: Callable[[str], None]) -> dict:
+def measure(backend: Backend, config: dict, vocab_size: int, stream: int, phase: Callable[[str], None],
+            telemetry: bool = False) -> dict:
+    """The job's figures (see the module docstring). telemetry: sample the GPUs and the host during the
+    timed repeats (one rank of a job does; the others' fields are null)."""
     bs, new_tokens, repeats = config["batch_size"], config["new_tokens"], config["repeats"]
     ids, mask = prompts(config, vocab_size, stream, backend.input_device())
     reset_peak_memory()
@@ -73,11 +135,16 @@ def measure(backend: Backend, config: dict, vocab_size: int, stream: int, phase:
         raise RuntimeError(f"generate returned shape {tuple(out.shape)}, expected {(bs, ids.shape[1] + new_tokens)}")
 
     generate_s = []
-    for k in range(repeats):
-        phase(f"repeat {k + 1}/{repeats}")
-        generate_s.append(timed(lambda: backend.generate(ids, mask, new_tokens))[0])
+    with Telemetry(gpu_uuids(), enabled=telemetry) as monitor:
+        for k in range(repeats):
+            phase(f"repeat {k + 1}/{repeats}")
+            monitor.begin()
+            generate_s.append(timed(lambda: backend.generate(ids, mask, new_tokens))[0])
+            monitor.end(tokens=bs * new_tokens * backend.streams)
     phase("prefill")
     ttft_s = statistics.median(timed(lambda: backend.generate(ids, mask, 1))[0] for _ in range(repeats))
+    phase("latency")
+    latency = latency_passes(backend, ids, mask, new_tokens, repeats)
 
     per_token = [s * 1000 / (bs * new_tokens) for s in generate_s]
     median_s = statistics.median(generate_s)
@@ -97,4 +164,7 @@ def measure(backend: Backend, config: dict, vocab_size: int, stream: int, phase:
         "peak_mem_gib": max(peak),
         "peak_mem_gib_per_device": peak,
         "output_tail_ids": out[0, -min(new_tokens, 8):].tolist(),
+        **monitor.fields(),
+        "latency": {**latency, "tokens_per_s_per_stream": new_tokens / median_s,
+                    "tokens_per_s": bs * new_tokens * backend.streams / median_s},
     }

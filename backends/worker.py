@@ -116,7 +116,8 @@ def search_max_batch(backend, config: dict, vocab: int, stream: int, fields: dic
         if torch.cuda.is_available():
             for i in range(torch.cuda.device_count()):
                 torch.cuda.reset_peak_memory_stats(i)  # peak_mem_gib: the measurement at the size found
-        return measure(backend, {**config, "batch_size": b}, vocab, stream=stream, phase=phase)
+        return measure(backend, {**config, "batch_size": b}, vocab, stream=stream, phase=phase,
+                       telemetry=config["telemetry"] and rank() == 0)
 
     fields["max_batch_search"] = []  # filled try by try: a search that fails midway still shows its tries
     def on_try(t: dict) -> None:
@@ -175,7 +176,8 @@ def run(job: Job, job_dir: Path, serving: bool = False) -> Result:
             phase("searching the largest batch that fits")
             config = {**config, "batch_size": search_max_batch(backend, config, vocab, stream, fields, phase)}
         else:
-            fields.update(measure(backend, config, vocab, stream=stream, phase=phase))
+            fields.update(measure(backend, config, vocab, stream=stream, phase=phase,
+                                  telemetry=config["telemetry"] and rank() == 0))
         if config["profile"]:
             phase("profiling")
             ids, mask = prompts(config, vocab, stream, backend.input_device())

@@ -60,8 +60,8 @@ LIBRARIES = ("torch", "transformers", "accelerate", "deepspeed", "bitsandbytes",
 # the figure is a median either way), what its hardware costs, and whether it is only planned (dry_run).
 # Results whose configs differ only in these are the same measurement, for resume, compare, trend, the
 # history and the labels alike.
-NOT_MEASURED = ("rerun", "timeout_s", "cluster", "cache_dir", "repeats", "rounds", "round", "profile",
-                "price_per_gpu_hour", "price_per_cpu_node_hour", "dry_run")
+NOT_MEASURED = ("rerun", "timeout_s", "cluster", "cache_dir", "repeats", "rounds", "round", "warmup_process",
+                "profile", "price_per_gpu_hour", "price_per_cpu_node_hour", "dry_run")
 # Measured keys that do not change the loaded model: jobs that differ only in these can share one
 # loaded worker (isolate=false).
 GENERATION_KEYS = ("batch_size", "new_tokens", "prompt_tokens")
@@ -242,7 +242,10 @@ def _number(value: Any) -> bool:
 
 # Measured fields a result may hold, and the test each value must pass where it is not null.
 NUMBERS = ("ms_per_token", "ms_per_token_min", "ms_per_token_max", "load_s", "warmup_s", "tokens_per_s",
-           "ttft_ms", "decode_ms_per_step", "peak_mem_gib")
+           "ttft_ms", "decode_ms_per_step", "peak_mem_gib", "energy_j_per_token")
+# Measured records a result may hold (an object, or null), and the latency percentiles each of its parts has.
+RECORDS = ("telemetry", "latency")
+PERCENTILES = ("p50", "p90", "p99")
 REQUIRED_WHEN_OK = ("ms_per_token", "generate_s", "load_s")
 
 
@@ -269,6 +272,13 @@ def validate_result(data: Any, source: str) -> Result:
     for key in NUMBERS:
         if data.get(key) is not None and not _number(data[key]):
             raise bad(f"{key}={data[key]!r} (expected a number or null)")
+    for key in RECORDS:
+        if data.get(key) is not None and not isinstance(data[key], dict):
+            raise bad(f"{key}={data[key]!r} (expected an object or null)")
+    for part in ("ttft_ms", "itl_ms"):
+        value = (data.get("latency") or {}).get(part)
+        if value is not None and not (isinstance(value, dict) and all(_number(value.get(p)) for p in PERCENTILES)):
+            raise bad(f"latency.{part}={value!r} (expected {', '.join(PERCENTILES)} numbers, or null)")
     if data["status"] == "ok":
         absent = [k for k in REQUIRED_WHEN_OK if data.get(k) is None]
         if absent:

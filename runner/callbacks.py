@@ -31,7 +31,7 @@ _lock: list = []  # the sweep directory's lock, held until the process ends
 
 # Keys a resume may change: how it resumes, how patient it is, where its files and cluster jobs go, how
 # many rounds it takes (a resume with more rounds adds them), and whether it is only planned.
-RESUME_MAY_CHANGE = ("rerun", "timeout_s", "cache_dir", "cluster", "rounds", "round", "dry_run")
+RESUME_MAY_CHANGE = ("rerun", "timeout_s", "cache_dir", "cluster", "rounds", "round", "warmup_process", "dry_run")
 
 
 def fixed_config(config: DictConfig, overrides: list, params: dict | None) -> dict:

@@ -79,11 +79,17 @@ class SweepConfig:
     # Separate worker processes that measure each job, in interleaved rounds over the whole sweep
     # (hydra_plugins/infersweep_sweeper); the job's figure is the median over its rounds (core/rounds.py).
     rounds: int = 1
-    # The round a job is launched for (set by the sweeper; 1 outside a rounds sweep).
+    # The round a job is launched for (set by the sweeper; 1 outside a rounds sweep; 0 the warm-up process).
     round: int = 1
+    # true: before the first round, one more worker process runs the sweep's first job and its figures are
+    # thrown away (hydra_plugins/infersweep_sweeper; docs/benchmarks/noise-at-source.md).
+    warmup_process: bool = False
     timeout_s: float = 600.0
     # true: after the measurement, one more generate under torch.profiler (backends/profile.py).
     profile: bool = False
+    # true: GPU (NVML) and host (psutil) telemetry during the timed repeats, energy per token
+    # (backends/telemetry.py); false: none of it runs (how its overhead is measured: benchmarks/telemetry_overhead.py).
+    telemetry: bool = True
     # false: consecutive jobs that differ only in batch_size, new_tokens, prompt_tokens, repeats,
     # timeout_s or profile share one launched worker that loads the model once (load_s is that one load).
     isolate: bool = True

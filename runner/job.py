@@ -213,6 +213,10 @@ def _run_job(config: dict, job_dir: Path) -> Result:
     except KeyboardInterrupt as e:
         _interrupted(log_path, e)
         raise
+    if config["round"] == 0:  # the sweep's warm-up process: reported, never kept, its worker not reused
+        close_session()
+        progress.done(result)
+        return result
     result = add_round(previous, result, config["round"], began)
     result.fields["invocation"] = invocation  # which run of the sweep wrote it (rounds build on their own run's)
     write_result(job_dir, result)

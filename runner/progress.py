@@ -33,7 +33,9 @@ def job_label(config: dict) -> str:
         label += f" offload={config['offload']['name']}"
     if config["stack"]:
         label += f" stack={config['stack']}"
-    if config.get("rounds", 1) > 1:
+    if config.get("round") == 0:
+        label += " warm-up process (discarded)"
+    elif config.get("rounds", 1) > 1:
         label += f" round {config['round']}/{config['rounds']}"
     return label
 

@@ -159,6 +159,15 @@ class TestSweep:
             assert r["status"] == "ok", (key, r["reason"])
             assert r["load_s"] > 0 and r["ms_per_token"] > 0 and len(r["generate_s"]) == 1
 
+    def test_telemetry_and_latency_of_every_backend(self, sweep):
+        """Rank 0's telemetry (no GPU here: the reason) and the step-timed latency pass (1 repeat, 4 tokens)."""
+        for key, r in sweep.items():
+            if r["status"] != "ok":
+                continue
+            assert r["telemetry"]["gpu"]["reason"] and r["telemetry"]["host"]["cpu_time_s"] > 0, key
+            assert r["latency"]["samples"] == {"ttft": 1, "itl": 3}, key
+            assert 0 < r["latency"]["itl_ms"]["p50"] <= r["latency"]["itl_ms"]["p99"], key
+
     def test_shared_memory_buffers_released(self, sweep):
         """DeepSpeed's CPU ranks leave their allreduce buffers in /dev/shm; the runner removes them."""
         ports = {re.search(r"--master_port (\d+)", Path(r["log"]).read_text()).group(1)

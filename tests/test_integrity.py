@@ -105,6 +105,28 @@ def test_rounds_interleave_over_the_sweep_and_resume_runs_only_the_rounds_missin
     assert proc.stderr.count("[kept from an earlier run]") == 4  # rounds 1 and 2 of both jobs
 
 
+def test_a_warmup_process_runs_first_in_a_process_of_its_own_and_is_never_a_result(tmp_path, cache_dir):
+    sweep = tmp_path / "sweep"
+    args = ["-m", "batch_size=1,2", "new_tokens=4", "repeats=1", "prompt_tokens=4", "isolate=false",
+            "warmup_process=true", f"hydra.sweep.dir={sweep}"]
+    proc = run_runner(args, cache_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    done = results(sweep)
+    assert len(done) == 2 and all(r["status"] == "ok" for r in done)
+    warmup = json.loads((sweep / "warmup" / "attempts" / "0001.json").read_text())
+    assert warmup["status"] == "ok" and warmup["config"]["round"] == 0
+    assert not list((sweep / "warmup").glob("result.json"))  # never read as a result
+    # it ran before round 1, in another worker than the one the two jobs shared
+    assert warmup["timestamp"] <= min(r["rounds"][0]["started"] for r in done)
+    assert warmup["log"] != done[0]["log"] == done[1]["log"]
+    assert "warm-up process (discarded) ok" in proc.stderr
+
+    proc = run_runner(args, cache_dir)  # nothing left to measure: no warm-up either
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "warm-up process" not in proc.stderr
+    assert proc.stderr.count("[kept from an earlier run]") == 2
+
+
 def test_a_misspelt_key_added_with_plus_is_refused_with_a_did_you_mean(tmp_path, cache_dir):
     """Hydra adds `+key=value` to the config whatever the key: a typo would be accepted and ignored."""
     for args, line in ((["-m", "+batchsize=3", f"hydra.sweep.dir={tmp_path / 'sweep'}"],

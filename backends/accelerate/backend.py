@@ -81,8 +81,9 @@ class AccelerateBackend:
     def input_device(self) -> torch.device:
         return torch.device("cuda:0") if self.config["num_gpus"] > 0 else torch.device("cpu")
 
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, new_tokens: int) -> torch.Tensor:
-        out = greedy_generate(self.model, input_ids, attention_mask, new_tokens)
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, new_tokens: int,
+                 streamer=None) -> torch.Tensor:
+        out = greedy_generate(self.model, input_ids, attention_mask, new_tokens, streamer)
         if self.config["backend"]["compile"]:
             # whether generate() compiled (its criteria: a compilable cache, no offload, no bnb int8)
             self.info["compiled"] = getattr(self.model, "_compiled_call", None) is not None

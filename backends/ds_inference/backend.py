@@ -323,5 +323,6 @@ class DSInferenceBackend:
     def input_device(self) -> torch.device:
         return device(self.config)
 
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, new_tokens: int) -> torch.Tensor:
-        return greedy_generate(self.model, input_ids, attention_mask, new_tokens)
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, new_tokens: int,
+                 streamer=None) -> torch.Tensor:
+        return greedy_generate(self.model, input_ids, attention_mask, new_tokens, streamer)

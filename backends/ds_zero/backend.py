@@ -113,9 +113,10 @@ class DSZeroBackend:
     def input_device(self) -> torch.device:
         return device(self.config)
 
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, new_tokens: int) -> torch.Tensor:
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, new_tokens: int,
+                 streamer=None) -> torch.Tensor:
         # synced_gpus: a rank that has finished keeps stepping so that the others' all-gathers complete.
-        return greedy_generate(self.model, input_ids, attention_mask, new_tokens, synced_gpus=self.world > 1)
+        return greedy_generate(self.model, input_ids, attention_mask, new_tokens, streamer, synced_gpus=self.world > 1)
 
     def close(self) -> None:
         if self.nvme_dir:

@@ -8,6 +8,10 @@ in every round and is launched with `round=k`; the runner adds each round to the
 (core/rounds.py). Jobs that share a loaded model (isolate=false: same load key) stay together in a round,
 so that a round is one worker process over their batch sizes.
 
+`warmup_process=true` first runs the first job of round 1's order once more, in a worker process of its own
+whose result is thrown away (docs/benchmarks/noise-at-source.md: the first process a GPU machine runs after
+a pause is slower than the ones after it).
+
 With dry_run=true it checks every job as before a launch, prints the plan (runner/dryrun.py) and launches
 nothing.
 """
@@ -20,7 +24,8 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf, open_dict
 
-from core.jobdir import GENERATION_KEYS, read_sweep
+from core.jobdir import GENERATION_KEYS, CorruptResult, read_result, read_sweep
+from core.rounds import rounds_done
 from runner.callbacks import bad_input
 from runner.config import resolve, unknown_key
 from runner.dryrun import print_plan
@@ -34,6 +39,8 @@ class InfersweepSweeperConf:
     max_batch_size: int | None = None
     params: dict | None = None
 
+
+WARMUP_DIR = "warmup"  # the warm-up process's job directory under the sweep's (no result.json)
 
 ConfigStore.instance().store(group="hydra/sweeper", name="infersweep", node=InfersweepSweeperConf,
                              provider="infersweep")
@@ -75,13 +82,15 @@ class RoundsSweeper(BasicSweeper):
             print_plan(checked, history_path())
             return []
         rounds = int(self.config.get("rounds", 1))
-        if rounds == 1:
-            return super().sweep(arguments)
         sweep_dir = Path(self.config.hydra.sweep.dir)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         seed = int(read_sweep(sweep_dir).get("round_seed", 0))
         together = not bool(self.config.get("isolate", True))
+        if self.config.get("warmup_process", False):
+            self.warm_up(jobs, together, seed, rounds, sweep_dir)
+        if rounds == 1:
+            return super().sweep(arguments)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         returns = []
         for k in range(1, rounds + 1):
             for number, job in round_order(jobs, together, seed, k):
@@ -92,6 +101,27 @@ class RoundsSweeper(BasicSweeper):
                     _ = r.return_value  # a job that raised fails the sweep, as in the basic sweeper
                 returns.append(results)
         return returns
+
+    def warm_up(self, jobs: list, together: bool, seed: int, rounds: int, sweep_dir: Path) -> None:
+        """Run the job that round 1 starts with in a worker process of its own (`round=0`, in the sweep's
+        WARMUP_DIR, where its log and attempt stay): it writes no result.json, so its figures are never a
+        result. Skipped when every job already has its rounds (a resume with nothing left to measure)."""
+        if all(self._measured(sweep_dir / str(number), rounds) for number in range(len(jobs))):
+            return
+        number, job = round_order(jobs, together, seed, 1)[0]
+        batch = [job + ["round=0", f"hydra.sweep.subdir={WARMUP_DIR}"]]
+        self.validate_batch_is_legal(batch)
+        for r in self.launcher.launch(batch, initial_job_idx=number):
+            _ = r.return_value
+
+    @staticmethod
+    def _measured(job_dir: Path, rounds: int) -> bool:
+        try:
+            result = read_result(job_dir)
+        except CorruptResult:
+            return False
+        return result is not None and result.status in ("ok", "oom") and (
+            result.status == "oom" or rounds_done(result) >= rounds)
 
     def check_before_launch(self, jobs: list) -> list:
         """Every job's config, composed as its launch will compose it, checked before the first launch:

@@ -20,8 +20,11 @@ class ToyBackend:
     def input_device(self) -> torch.device:
         return torch.device("cpu")
 
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, new_tokens: int) -> torch.Tensor:
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, new_tokens: int,
+                 streamer=None) -> torch.Tensor:
         out, past = input_ids, None
+        if streamer is not None:
+            streamer.put(input_ids)
         with torch.no_grad():
             step = input_ids
             for _ in range(new_tokens):
@@ -29,4 +32,8 @@ class ToyBackend:
                 past = logits.past_key_values
                 step = logits.logits[:, -1:].argmax(-1)
                 out = torch.cat([out, step], dim=1)
+                if streamer is not None:
+                    streamer.put(step)
+        if streamer is not None:
+            streamer.end()
         return out
