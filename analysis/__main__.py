@@ -33,7 +33,12 @@ def report(args: argparse.Namespace) -> int:
     if df.empty:
         raise ValueError(f"no readable {RESULT_FILE} under {', '.join(map(str, args.sweep_dirs))}"
                          + "".join(f"; {e}" for e in corrupt))
-    page = write_report(df, args.out or args.sweep_dirs[0] / "report", args.reference, args.sweep_dirs, corrupt)
+    for key in ("price_per_gpu_hour", "price_per_cpu_node_hour"):
+        price = getattr(args, key)
+        if price is not None and price < 0:
+            raise ValueError(f"--{key.replace('_', '-')} {price:g}: allowed: USD per hour >= 0")
+    page = write_report(df, args.out or args.sweep_dirs[0] / "report", args.reference, args.sweep_dirs, corrupt,
+                        args.price_per_gpu_hour, args.price_per_cpu_node_hour)
     print(page.with_name("report.md").read_text())
     print(f"report: {page}")
     return 0
@@ -89,6 +94,10 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("sweep_dirs", nargs="+", type=Path, metavar="SWEEP_DIR")
     r.add_argument("--out", type=Path, help="where to write (default: FIRST_SWEEP_DIR/report)")
     r.add_argument("--reference", help="row label or backend the speedup chart is over (default: the first row)")
+    r.add_argument("--price-per-gpu-hour", type=float, metavar="USD",
+                   help="USD per GPU-hour for the cost per million tokens (default: the results' price_per_gpu_hour)")
+    r.add_argument("--price-per-cpu-node-hour", type=float, metavar="USD",
+                   help="USD per hour of a node, for CPU jobs (default: the results' price_per_cpu_node_hour)")
     r.set_defaults(func=report, input_errors=ValueError)
 
     h = sub.add_parser("history", help="list the sweeps in the history, or append sweeps to it")

@@ -73,6 +73,21 @@ SPEEDUP = Chart(
     "The reference row's ms per token / each other row's, at the same batch size (ms per token as in the "
     "latency chart: load and warm-up excluded).")
 
+COST = Chart(
+    "Cost: USD per million generated tokens",
+    "USD per million tokens, log scale, lower is better\n(price per device-hour; load, warm-up excluded)",
+    "The price of one device-hour (a GPU; on the CPU a node) / 3600 x the devices the job held / its "
+    "tokens/s x 1e6: what a million generated tokens cost at the measured throughput (tokens/s as in the "
+    "throughput chart: load and warm-up excluded). Jobs without a price are left out.")
+PARETO = Chart(
+    "Throughput per {device} against latency",
+    "tokens/s per {device}, log scale, higher is better",
+    "Every point that ended ok: its tokens/s / the {device}s it held (y) against the ms between two tokens of "
+    "one sequence, the generate's wall time / new tokens (x); load and warm-up excluded. The Pareto front "
+    "(no other point is both faster per token and higher in throughput per {device}) is the black line, "
+    "its points ringed and labelled with their batch size; the table under the chart lists them.")
+PARETO_X = "ms per token of one sequence, log scale, lower is better\n(generate wall time / new tokens)"
+
 
 def colors(labels: Iterable[str]) -> dict[str, str]:
     """One colour per row label, in sorted order: matplotlib's ten standard colours, then their ten lighter
@@ -260,6 +275,57 @@ def ms_per_token_chart(df: pd.DataFrame, title: str, colors: dict[str, str]) -> 
 def tokens_per_s_chart(df: pd.DataFrame, title: str, colors: dict[str, str]) -> Figure | None:
     """Generated tokens per second against batch size, log-log, one line per row; failed jobs marked above."""
     return _batch_chart(df, "tokens_per_s", TOKENS_PER_S, title, colors)
+
+
+def cost_chart(df: pd.DataFrame, title: str, colors: dict[str, str]) -> Figure | None:
+    """USD per million generated tokens against batch size, log-log, one line per row; failed jobs marked
+    above. None where no job has a cost (no price)."""
+    return _batch_chart(df, "usd_per_mtok", COST, title, colors)
+
+
+def pareto_chart(points: pd.DataFrame, title: str, device: str, colors: dict[str, str]) -> Figure | None:
+    """tokens_per_s_per_device against stream_ms_per_token (analysis.efficiency), log-log, a marker per
+    point in its row's colour; the points of the Pareto front (`front`: a bool column) joined by a black
+    line, ringed and labelled "bs N". None where there is no point."""
+    if points.empty:
+        return None
+    labels = sorted(set(points["label"]))
+    fig, ax = _figure(WIDTH, _height(labels))
+    for label, rows in points.groupby("label", sort=True):
+        ax.plot(rows["stream_ms_per_token"], rows["tokens_per_s_per_device"], "o", color=colors[label],
+                label=label, markersize=7)
+    front = points[points["front"]].sort_values("stream_ms_per_token")
+    ax.plot(front["stream_ms_per_token"], front["tokens_per_s_per_device"], "-", color="black", linewidth=1.2,
+            label="_front", zorder=1)
+    ax.plot(front["stream_ms_per_token"], front["tokens_per_s_per_device"], "o", markersize=13,
+            markerfacecolor="none", markeredgecolor="black", markeredgewidth=1.5, label="_front points")
+    for _, point in front.iterrows():
+        ax.annotate(f"bs {_text_size(point['config.batch_size'])}", (point["stream_ms_per_token"],
+                    point["tokens_per_s_per_device"]), xytext=(10, 0), textcoords="offset points", fontsize=9,
+                    va="center", color=colors[point["label"]], fontweight="bold")
+    _log_x(ax, points["stream_ms_per_token"], PARETO_X)
+    _log_y(ax, PARETO.axis.format(device=device))
+    fig.suptitle(f"{PARETO.title.format(device=device)}: {title}")
+    _legend(fig, [_handle(label, colors[label], linestyle="") for label in labels]
+            + [Line2D([], [], color="black", marker="o", markersize=9, markerfacecolor="none",
+                      label="Pareto front")])
+    return fig
+
+
+def _text_size(size) -> str:
+    return f"{size:g}" if isinstance(size, float) else str(size)
+
+
+def _log_x(ax: Axes, values: pd.Series, label: str) -> None:
+    """A log x axis over `values`, ticked by `log_ticks` and written as plain numbers."""
+    lo, hi = values.min(), values.max()
+    pad = max((hi / lo) ** 0.08, 1.25)
+    ax.set_xscale("log")
+    ax.set_xlim(lo / pad, hi * pad)
+    ticks = log_ticks(lo / pad, hi * pad)
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel(label)
 
 
 def memory_kind(df: pd.DataFrame) -> Chart:

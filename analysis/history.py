@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.results import VERSIONS, frame, load_results, read_results, sweep_summary
-from core.jobdir import RESULT_FILE
+from core.jobdir import RESULT_FILE, flat_key
 
 DEFAULT_PATH = "outputs/history.sqlite"
 
@@ -202,6 +202,45 @@ def append_sweep(path: Path, sweep_dir: Path) -> list[str]:
     finally:
         db.close()
     return [s["run_id"] for s in summaries]
+
+
+def round_seconds(path: Path, configs: list[dict]) -> list[float | None]:
+    """The median seconds one round of each config's measurement took in the history (a round's started to
+    ended: the job's stack check, checkpoint, launch, load and generates; rounds refused as invalid, which
+    launched nothing, left out), over the newest entry of every sweep, on any host; None where the history
+    holds no round of it. Configs match as compare matches them (core.jobdir.flat_key, on the keys both have).
+    Reads only: a missing history is an empty one, and the file is opened immutable (no lock, no journal
+    files), so nothing is created, migrated or written. A history that cannot be read raises ValueError."""
+    if not path.is_file():
+        return [None] * len(configs)
+    db = sqlite3.connect(f"{path.resolve().as_uri()}?immutable=1", uri=True)
+    try:
+        rows = db.execute("SELECT r.result FROM results r JOIN latest s ON s.id = r.sweep").fetchall()
+    except sqlite3.Error as e:
+        raise ValueError(f"the history {path}: cannot be read: {e}") from None
+    finally:
+        db.close()
+    known: dict = {}  # (backend, dtype, batch size) -> [(flat measurement key, [seconds of each round])]
+    for (text,) in rows:
+        result = json.loads(text)
+        seconds = [(datetime.fromisoformat(r["ended"]) - datetime.fromisoformat(r["started"])).total_seconds()
+                   for r in result.get("rounds") or []
+                   if r.get("status") != "invalid" and r.get("started") and r.get("ended")]
+        if seconds:
+            key = flat_key(result["config"])
+            known.setdefault(_coarse(key), []).append((key, seconds))
+
+    def median(config: dict) -> float | None:
+        key = flat_key(config)
+        found = [s for other, seconds in known.get(_coarse(key), [])
+                 if all(key[k] == other[k] for k in set(key) & set(other)) for s in seconds]
+        return float(pd.Series(found).median()) if found else None
+
+    return [median(config) for config in configs]
+
+
+def _coarse(key: dict) -> tuple:
+    return tuple(str(key.get(k)) for k in ("backend.name", "dtype.name", "batch_size", "model.name"))
 
 
 def sweeps(path: Path) -> pd.DataFrame:

@@ -2,9 +2,10 @@
 one self-contained HTML page with the tables and the PNG charts embedded.
 
 The page's sections come in the order a reader asks: what was run (the command, what varied and what stayed
-fixed, the hardware, versions and measured ceilings, each row's colour), then the fastest row per batch size,
-latency, throughput, load time, memory, the roofline, and the jobs that did not end ok. Every number shown is
-read from the results."""
+fixed, the hardware, versions and measured ceilings, each row's colour), then the best row per batch size
+(fastest, cheapest, most energy-efficient), latency, throughput (with the Pareto front of throughput per
+device against latency), cost, load time, memory, the roofline, and the jobs that did not end ok. Every number
+shown is read from the results."""
 import base64
 import html
 import json
@@ -17,7 +18,7 @@ import pandas as pd
 import yaml
 from matplotlib.figure import Figure
 
-from analysis import charts
+from analysis import charts, efficiency
 from analysis.results import attempts_table, sweep_summary
 from analysis.tables import (
     groups,
@@ -40,9 +41,9 @@ from core.jobdir import (
     read_sweep,
 )
 
-SECTIONS = ("What was run", "Fastest per batch size", "Latency: ms per token",
-            "Throughput: tokens per second", "Load time", "Memory", "Roofline", "Jobs that did not end ok",
-            "Attempts")
+SECTIONS = ("What was run", "Best point per batch size", "Latency: ms per token",
+            "Throughput: tokens per second", "Cost: USD per million tokens", "Load time", "Memory", "Roofline",
+            "Jobs that did not end ok", "Attempts")
 CORNER = "backend dtype \\ batch size"
 
 STYLE = """
@@ -54,7 +55,8 @@ nav a { margin-right: 1em; white-space: nowrap; }
 .scroll { overflow-x: auto; margin: 0.8em 0; }
 table { border-collapse: collapse; font-variant-numeric: tabular-nums; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.7em; text-align: right; vertical-align: top; }
-th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; white-space: nowrap; }
+th { background: #f3f3f3; white-space: nowrap; }
+td:first-child, th:first-child { text-align: left; white-space: nowrap; }
 td.failed { color: #b00; font-weight: 600; } table:not(.text) td { white-space: nowrap; }
 table.text td, table.text th, td:has(.swatch) { text-align: left; } td:has(.swatch) { white-space: nowrap; }
 figure { margin: 1em 0 2.2em; } figure img { max-width: 100%; height: auto; display: block; }
@@ -306,32 +308,51 @@ def _number(job: pd.Series | None, key: str, digits: int) -> str:
     return "" if job is None or pd.isna(job[key]) else f"{job[key]:.{digits}f}"
 
 
-def fastest_table(part: pd.DataFrame) -> pd.DataFrame:
-    """Per batch size: the row with the lowest ms per token among the jobs that ended ok, its ms per token and
-    tokens/s, and the next fastest row; "none ended ok" with the statuses where no job did."""
+def _best(measured: pd.DataFrame, key: str) -> pd.Series | None:
+    """The job with the lowest `key` among `measured` (None where none has one)."""
+    ranked = measured[measured[key].notna()].sort_values(key, kind="stable")
+    return ranked.iloc[0] if len(ranked) else None
+
+
+def usd_text(value: float) -> str:
+    """USD per million tokens with three significant digits (1.10, 0.318), whole dollars from 100 on."""
+    return f"{value:.0f}" if value >= 100 else f"{value:#.3g}" if value >= 0.001 else f"{value:.2e}"
+
+
+def best_table(part: pd.DataFrame) -> pd.DataFrame:
+    """Per batch size, among the jobs that ended ok: the fastest row (lowest ms per token), the cheapest
+    (lowest USD per million tokens: "no price set" where no job has a cost) and the one that uses the least
+    energy (lowest energy_j_per_token: "not measured" where no job has it); "none ended ok" with the
+    statuses where no job did."""
     none = pd.Series(index=part.index, dtype=float)
-    ms, tokens = part.get("ms_per_token", none), part.get("tokens_per_s", none)
-    measured = part.assign(ms=ms, tokens=tokens)[(part["status"] == "ok") & ms.notna()]
+    measured = part.assign(ms=part.get("ms_per_token", none), usd=part.get("usd_per_mtok", none),
+                           energy=pd.to_numeric(part.get("energy_j_per_token", none), errors="coerce"))
+    measured = measured[(part["status"] == "ok") & measured["ms"].notna()]
     rows = []
     for size in _sorted(part["config.batch_size"].unique()):
-        ranked = measured[measured["config.batch_size"] == size].sort_values("ms")
-        first, second = (ranked.iloc[i] if len(ranked) > i else None for i in (0, 1))
+        jobs = measured[measured["config.batch_size"] == size]
+        fastest, cheapest, frugal = _best(jobs, "ms"), _best(jobs, "usd"), _best(jobs, "energy")
         statuses = ", ".join(sorted(set(part.loc[part["config.batch_size"] == size, "status"])))
+        ran = fastest is not None
         rows.append({"batch size": size,
-                     "fastest": f"none ended ok ({statuses})" if first is None else first["label"],
-                     "ms per token": _number(first, "ms", 2), "tokens/s": _number(first, "tokens", 1),
-                     "next fastest": "" if second is None else second["label"],
-                     "its ms per token": _number(second, "ms", 2)})
+                     "fastest": fastest["label"] if ran else f"none ended ok ({statuses})",
+                     "ms/token": _number(fastest, "ms", 2),
+                     "cheapest": cheapest["label"] if cheapest is not None else "no price set" if ran else "",
+                     "USD/Mtok": "" if cheapest is None else usd_text(cheapest["usd"]),
+                     "least energy": frugal["label"] if frugal is not None else "not measured" if ran else "",
+                     "J/token": _number(frugal, "energy", 3)})
     return pd.DataFrame(rows).set_index("batch size").rename_axis(None)
 
 
-def _fastest(page: Page, grouped: list) -> None:
+def _best_points(page: Page, grouped: list) -> None:
     page.section(SECTIONS[1])
-    page.note("Per batch size, the row with the lowest ms per generated token among the jobs that ended ok "
-              "(load and warm-up excluded), and the next fastest.")
+    page.note("Per batch size, among the jobs that ended ok: the fastest row (lowest ms per generated token, "
+              "load and warm-up excluded), the cheapest (lowest USD per million generated tokens, under Cost) "
+              "and the most energy-efficient (lowest energy_j_per_token, joules per generated token, where the "
+              "results have it).")
     for title, part in grouped:
         page.heading(title)
-        page.seed_table(fastest_table(part), f"fastest_{_slug(title)}", corner="batch size")
+        page.seed_table(best_table(part), f"best_{_slug(title)}", corner="batch size")
 
 
 def _latency(page: Page, grouped: list, df: pd.DataFrame) -> None:
@@ -364,10 +385,59 @@ def _throughput(page: Page, grouped: list, df: pd.DataFrame, reference: str | No
                     charts.TOKENS_PER_S.caption)
         page.figure(charts.speedup_chart(part, title, ref, page.colors) if ref else None, f"speedup_{slug}",
                     charts.SPEEDUP.caption)
+    for title, device, points in pareto_groups(df):
+        page.heading(f"Throughput per {device} against latency: {title}")
+        page.figure(charts.pareto_chart(points, title, device, page.colors), f"pareto_{_slug(title)}",
+                    charts.PARETO.caption.format(device=device))
+        page.table(pareto_table(points, device), index=False)
+
+
+def pareto_groups(df: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
+    """(title, device, points) per model and kind of device (GPU, or a node on the CPU): every job that ended
+    ok with a throughput, whatever its GPU count, `front` marking the Pareto front of throughput per device
+    (higher is better) against the ms per token of one sequence (lower is better)."""
+    ok = df[(df["status"] == "ok") & df["tokens_per_s_per_device"].notna() & df["stream_ms_per_token"].gt(0)]
+    found = []
+    for (model, cpu), points in ok.groupby([ok["config.model.name"], efficiency.on_cpu(ok)], sort=True):
+        front = efficiency.pareto_front(points, "stream_ms_per_token", "tokens_per_s_per_device")
+        found.append((f"{model}, {'CPU' if cpu else 'GPUs'}", "node" if cpu else "GPU", points.assign(front=front)))
+    return found
+
+
+def pareto_table(points: pd.DataFrame, device: str) -> pd.DataFrame:
+    """The points of the Pareto front, fastest sequence first: row, batch size, devices, ms per token of one
+    sequence and tokens/s per device."""
+    front = points[points["front"]].sort_values("stream_ms_per_token")
+    return pd.DataFrame({"Pareto front: row": front["label"], "batch size": front["config.batch_size"].astype(str),
+                         f"{device}s": efficiency.devices(front).map(lambda n: f"{n:g}"),
+                         "ms per token of a sequence": front["stream_ms_per_token"].map(lambda v: f"{v:.2f}"),
+                         f"tokens/s per {device}": front["tokens_per_s_per_device"].map(lambda v: f"{v:.1f}")})
+
+
+def _cost(page: Page, grouped: list, df: pd.DataFrame) -> None:
+    page.section(SECTIONS[4])
+    page.note("USD per million generated tokens, lower is better: the price of one device-hour (a GPU, or a "
+              "node for a CPU job; price_per_gpu_hour and price_per_cpu_node_hour in the sweep's config, or "
+              "--price-per-gpu-hour and --price-per-cpu-node-hour of the report, which override it) / 3600 x "
+              "the devices the job held / its tokens/s x 1e6.")
+    priced = df[df["price_per_hour"].notna()]
+    for price, jobs in priced.groupby("price_per_hour"):
+        kinds = sorted({"CPU node" if c else "GPU" for c in efficiency.on_cpu(jobs)})
+        page.note(f"{', '.join(kinds)}: {price:g} USD per hour ({len(jobs)} job(s)).")
+    reasons = sorted(set(df["usd_per_mtok_reason"]) - {""})
+    if reasons:
+        page.note("No cost where a job ended ok but has none: " + "; ".join(reasons) + ".")
+    cells = [usd_text(v) if pd.notna(v) else "no price" for v in df["usd_per_mtok"]]
+    table = seed_table(df.assign(usd_cell=cells), "usd_cell")
+    for title, part in grouped:
+        slug = _slug(title)
+        page.heading(title)
+        page.seed_table(_group_rows(table, part), f"usd_per_mtok_{slug}")
+        page.figure(charts.cost_chart(part, title, page.colors), f"usd_per_mtok_{slug}", charts.COST.caption)
 
 
 def _load(page: Page, grouped: list, df: pd.DataFrame) -> None:
-    page.section(SECTIONS[4])
+    page.section(SECTIONS[5])
     page.note("load_s, seconds: the model made ready to generate (weights loaded, placed, engine "
               "initialised); not the launcher start, the imports or the warm-up generate. Median, min and "
               "max over the jobs of each row that ended ok.")
@@ -382,7 +452,7 @@ def _load(page: Page, grouped: list, df: pd.DataFrame) -> None:
 
 
 def _memory(page: Page, grouped: list, df: pd.DataFrame) -> None:
-    page.section(SECTIONS[5])
+    page.section(SECTIONS[6])
     table = seed_table(df, "peak_mem_gib", 2)
     for title, part in grouped:
         slug, kind = _slug(title), charts.memory_kind(part)
@@ -398,7 +468,7 @@ def _memory(page: Page, grouped: list, df: pd.DataFrame) -> None:
 
 
 def _roofline(page: Page, grouped: list, df: pd.DataFrame) -> None:
-    page.section(SECTIONS[6])
+    page.section(SECTIONS[7])
     table = roofline_table(df)
     if table.empty:
         page.note("No result holds a roofline (no job ended ok, or the results predate it).")
@@ -437,7 +507,7 @@ def corrupt_table(corrupt: Sequence[CorruptResult]) -> pd.DataFrame:
 
 
 def _failures(page: Page, df: pd.DataFrame, corrupt: Sequence[CorruptResult] = ()) -> None:
-    page.section(SECTIONS[7])
+    page.section(SECTIONS[8])
     failed = failures_table(df)
     if corrupt:
         failed = pd.concat([failed, corrupt_table(corrupt)], ignore_index=True)
@@ -453,7 +523,7 @@ def _failures(page: Page, df: pd.DataFrame, corrupt: Sequence[CorruptResult] = (
 
 def _attempts(page: Page, sweep_dirs: Sequence[Path]) -> None:
     """The attempts of every job that ran more than once (a resume, a rerun, rounds), one row each."""
-    page.section(SECTIONS[8])
+    page.section(SECTIONS[9])
     table = attempts_table(sweep_dirs)
     once = table.groupby("job")["attempt"].transform("count").eq(1)
     shown = table[~once]
@@ -468,12 +538,15 @@ def _attempts(page: Page, sweep_dirs: Sequence[Path]) -> None:
     page.table(shown, index=False, text=True)
 
 
-def write_report(df: pd.DataFrame, out: Path, reference: str | None = None,
-                 sweep_dirs: Sequence[Path] = (), corrupt: Sequence[CorruptResult] = ()) -> Path:
+def write_report(df: pd.DataFrame, out: Path, reference: str | None = None, sweep_dirs: Sequence[Path] = (),
+                 corrupt: Sequence[CorruptResult] = (), price_per_gpu_hour: float | None = None,
+                 price_per_cpu_node_hour: float | None = None) -> Path:
     """Write every table, chart and report.md / report.html of the results `df` into `out`; returns the HTML.
     `sweep_dirs`: where the results were read, for the commands that ran them (Hydra's multirun.yaml);
-    `corrupt`: the result files there that could not be read, each a row among the jobs that did not end ok."""
+    `corrupt`: the result files there that could not be read, each a row among the jobs that did not end ok.
+    The prices (USD per hour of a GPU, of a CPU node) override those the results' configs recorded."""
     out.mkdir(parents=True, exist_ok=True)
+    df = efficiency.with_latency(efficiency.with_cost(df, price_per_gpu_hour, price_per_cpu_node_hour))
     note = f"{len(df)} jobs in {df['run_id'].nunique()} sweep(s)."
     if corrupt:
         note += f" {len(corrupt)} result file(s) corrupt: listed among the jobs that did not end ok."
@@ -486,9 +559,10 @@ def write_report(df: pd.DataFrame, out: Path, reference: str | None = None,
     page = Page(out, charts.colors(df["label"]))
     grouped = list(groups(df))
     _what_was_run(page, df, note, sweep_dirs)
-    _fastest(page, grouped)
+    _best_points(page, grouped)
     _latency(page, grouped, df)
     _throughput(page, grouped, df, reference)
+    _cost(page, grouped, df)
     _load(page, grouped, df)
     _memory(page, grouped, df)
     _roofline(page, grouped, df)

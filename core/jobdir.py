@@ -58,12 +58,12 @@ LIBRARIES = ("torch", "transformers", "accelerate", "deepspeed", "bitsandbytes",
 # The same measurement
 
 # Config keys that do not change what a job measures: how a sweep is resumed and how patient it is, where
-# its files and cluster jobs go, and how many samples it takes (repeats in a process, rounds of processes:
-# the figure is a median either way).
+# its files and cluster jobs go, how many samples it takes (repeats in a process, rounds of processes:
+# the figure is a median either way), what its hardware costs, and whether it is only planned (dry_run).
 # Results whose configs differ only in these are the same measurement, for resume, compare, trend, the
 # history and the labels alike.
 NOT_MEASURED = ("rerun", "timeout_s", "cluster", "cache_dir", "repeats", "rounds", "round", "warmup_process",
-                "profile")
+                "profile", "price_per_gpu_hour", "price_per_cpu_node_hour", "dry_run")
 # Measured keys that do not change the loaded model: jobs that differ only in these can share one
 # loaded worker (isolate=false).
 GENERATION_KEYS = ("batch_size", "new_tokens", "prompt_tokens")

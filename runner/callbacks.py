@@ -30,9 +30,9 @@ OUTCOME: dict = {}
 _lock: list = []  # the sweep directory's lock, held until the process ends
 
 
-# Keys a resume may change: how it resumes, how patient it is, where its files and cluster jobs go, and
-# how many rounds it takes (a resume with more rounds adds them).
-RESUME_MAY_CHANGE = ("rerun", "timeout_s", "cache_dir", "cluster", "rounds", "round", "warmup_process")
+# Keys a resume may change: how it resumes, how patient it is, where its files and cluster jobs go, how
+# many rounds it takes (a resume with more rounds adds them), and whether it is only planned.
+RESUME_MAY_CHANGE = ("rerun", "timeout_s", "cache_dir", "cluster", "rounds", "round", "warmup_process", "dry_run")
 
 
 def fixed_config(config: DictConfig, overrides: list, params: dict | None) -> dict:
@@ -52,6 +52,21 @@ def drift(before: dict, now: dict) -> list:
     return sorted(k for k in set(before) & set(now) if before[k] != now[k])
 
 
+def resume_problem(config: DictConfig, sweep_dir: Path) -> str | None:
+    """Why this run may not resume the sweep in `sweep_dir` (a key that is no axis changed since it started),
+    as one line; None for a new sweep directory, the same values, or rerun=all. Reads only."""
+    earlier = read_sweep(sweep_dir)
+    if "config" not in earlier or getattr(config.rerun, "name", config.rerun) == "all":
+        return None
+    fixed = fixed_config(config, list(config.hydra.overrides.task), config.hydra.sweeper.get("params"))
+    changed = drift(earlier["config"], fixed)
+    if not changed:
+        return None
+    was = ", ".join(f"{k}={earlier['config'][k]} (now {fixed[k]})" for k in changed)
+    return (f"{sweep_dir} was started with {was}, not an axis of the sweep: resuming would mix two configs "
+            "(allowed: the same values, rerun=all, or a new hydra.sweep.dir)")
+
+
 def bad_input(line: str) -> None:
     """A problem with what the user asked for, found before any job ran: one line, exit 2."""
     sys.stderr.write(f"error: {line}\n")
@@ -61,8 +76,14 @@ def bad_input(line: str) -> None:
 class SweepTable(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Before any job: take the sweep directory (one runner at a time), check the history can be written,
-        record the sweep. (Each job's own config is checked by the sweeper, hydra_plugins/infersweep_sweeper.)"""
+        check a resume does not change the sweep, record the sweep. (Each job's own config is checked by the
+        sweeper, hydra_plugins/infersweep_sweeper.) A dry run only checks the resume: it writes nothing."""
         sweep_dir = Path(config.hydra.sweep.dir)
+        if config.dry_run:
+            problem = resume_problem(config, sweep_dir)
+            if problem:
+                bad_input(problem)
+            return
         problem = unwritable(sweep_dir, "hydra.sweep.dir")
         if problem:
             bad_input(problem)
@@ -82,16 +103,13 @@ class SweepTable(Callback):
         problem = check_history(history_path())
         if problem:
             bad_input(problem)
+        problem = resume_problem(config, sweep_dir)
+        if problem:
+            bad_input(problem)
         # A sweep run again in the same directory (a resume) keeps its run_id and its rounds' order.
         earlier = read_sweep(sweep_dir)
         overrides, params = list(config.hydra.overrides.task), config.hydra.sweeper.get("params")
         fixed = fixed_config(config, overrides, params)
-        if "config" in earlier and getattr(config.rerun, "name", config.rerun) != "all":
-            changed = drift(earlier["config"], fixed)
-            if changed:
-                was = ", ".join(f"{k}={earlier['config'][k]} (now {fixed[k]})" for k in changed)
-                bad_input(f"{sweep_dir} was started with {was}, not an axis of the sweep: resuming would mix "
-                          "two configs (allowed: the same values, rerun=all, or a new hydra.sweep.dir)")
         write_sweep(sweep_dir, {"run_id": earlier.get("run_id") or new_run_id(),
                                 "total": sweep_size(overrides, params), "rounds": config.rounds,
                                 "started": time.time(), "config": fixed, "invocation": secrets.token_hex(4),
@@ -99,6 +117,8 @@ class SweepTable(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         close_session()
+        if config.dry_run:
+            return
         with stop_when_unwritable(config.hydra.sweep.dir):
             self._end(config)
 

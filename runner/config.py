@@ -103,6 +103,13 @@ class SweepConfig:
     host_mem_limit_gib: float | None = None
     # Where synthetic checkpoints are cached; null: $INFERSWEEP_CACHE or ~/.cache/infersweep.
     cache_dir: str | None = None
+    # USD per hour of one GPU, and of one node for a CPU job (num_gpus=0): the analysis gives each point's USD
+    # per million generated tokens from them (docs/analysis.md); null: no cost.
+    price_per_gpu_hour: float | None = None
+    price_per_cpu_node_hour: float | None = None
+    # true: print each job's label and state (new, done, resumable, invalid) and the sweep's estimated time
+    # from the history; launch nothing, write nothing (runner/dryrun.py).
+    dry_run: bool = False
     # SLURM resources and multi-node placement (runner/slurm.py, runner/multinode.py, docs/cluster.md).
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 

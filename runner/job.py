@@ -68,37 +68,40 @@ def _sweep_position() -> tuple:
 KEEP = {"none": ("ok", "oom", "invalid", "error", "timeout"), "failed": ("ok", "oom"), "all": ()}
 
 
-def earlier_result(job_dir: Path, config: dict) -> tuple:
+def earlier_result(job_dir: Path, config: dict, move: bool = True) -> tuple:
     """(the result the job directory holds for this measurement, or None; why the job runs: "" when there was
     nothing there).
 
     A corrupt result.json is reported by name, set aside (result.json.corrupt) and the job runs again;
     so does a result of another measurement (another sweep run into the same directory: Hydra numbers
     jobs by position, so the directory alone is not the key), set aside as result.json.previous.
+    move=False (a dry run): nothing is set aside, the reason says it would be.
     """
     path = job_dir / RESULT_FILE
     if not path.exists():
         return None, ""
+
+    def aside(why: str) -> str:
+        return f"moved to {set_aside(job_dir, why).name}" if move else f"to be moved to {RESULT_FILE}.{why}"
+
     try:
         result = read_result(job_dir)
     except CorruptResult as e:
-        aside = set_aside(job_dir, "corrupt")
-        return None, f"{e}; moved to {aside.name}, the job runs again"
+        return None, f"{e}; {aside('corrupt')}, the job runs again"
     changed = measurement_differences(result.config, config)
     if changed:
-        aside = set_aside(job_dir, "previous")
         return None, (f"{path} is the result of another config ({', '.join(changed[:6])} differ); "
-                      f"moved to {aside.name}, the job runs again")
+                      f"{aside('previous')}, the job runs again")
     return result, ""
 
 
-def finished_result(job_dir: Path, config: dict, invocation: str | None) -> tuple:
+def finished_result(job_dir: Path, config: dict, invocation: str | None, move: bool = True) -> tuple:
     """(the result to build on, whether it already answers this round, why the job runs).
 
     A result this run of the sweep wrote (its `invocation`: an earlier round) is always built on. One from an
     earlier run is kept by `rerun`: its rounds that measured the point count, and the job runs only for
-    the rounds it lacks."""
-    result, why = earlier_result(job_dir, config)
+    the rounds it lacks. move: as earlier_result's."""
+    result, why = earlier_result(job_dir, config, move)
     this_run = result is not None and invocation is not None and result.get("invocation") == invocation
     if result is not None and not this_run and result.status not in KEEP[config["rerun"]]:
         result, why = None, f"earlier result was {result.status}: rerun={config['rerun']} runs it again"
@@ -143,6 +146,8 @@ def run_job(cfg: DictConfig) -> Result | dict:
     for lack of space stops the runner in one line (runner/storage.py)."""
     config = resolve(cfg)
     if HydraConfig.get().mode != RunMode.MULTIRUN:  # a multirun checks every job before its first one
+        if config["dry_run"]:
+            bad_input("dry_run=true: a dry run plans a sweep (allowed with -m)")
         problem = unknown_key(cfg) or preflight_reason(config, visible_gpus())
         if problem:
             bad_input(problem)

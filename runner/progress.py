@@ -9,7 +9,7 @@ from core.jobdir import PHASE_FILE, Result, option_text
 from runner.config import DtypeConfig
 
 
-def _clock(seconds: float) -> str:
+def clock(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
@@ -73,8 +73,8 @@ class Progress:
         eta = None
         if _job_seconds:  # the jobs left, this one included, less what this one has already taken
             eta = max(0.0, statistics.median(_job_seconds) * (self.total - self.index) - (time.time() - self.started))
-        return (f"[{self.index + 1}/{self.total} elapsed {_clock(elapsed)}"
-                + (f" eta {_clock(eta)}" if eta is not None else "") + "]")
+        return (f"[{self.index + 1}/{self.total} elapsed {clock(elapsed)}"
+                + (f" eta {clock(eta)}" if eta is not None else "") + "]")
 
     def phase(self, phase: str) -> None:
         if phase == self.last:

@@ -212,6 +212,10 @@ def preflight_reason(config: dict, gpus: tuple) -> str | None:
         reason = _model(config)
         if reason:
             return reason
+    for key in ("price_per_gpu_hour", "price_per_cpu_node_hour"):
+        price = config[key]
+        if price is not None and price < 0:
+            return f"{key}={price}: allowed: USD per hour >= 0, or null (no cost)"
     cache = cache_root(config)
     if cache.exists() and not cache.is_dir():
         key = "cache_dir" if config["cache_dir"] else "INFERSWEEP_CACHE"

@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 from conftest import ROOT, results
 
-from analysis import charts
-from analysis.report import SECTIONS, write_report
+from analysis import charts, efficiency
+from analysis.report import SECTIONS, best_table, usd_text, write_report
 from analysis.results import load_results
 
 
@@ -115,6 +115,7 @@ class TestAccelerateSweep:
         page = (out / "report.html").read_text()
         images = figures(page)
         assert [f["stem"] for f in images] == ["ms_per_token_bloom-tiny-cpu", "throughput_bloom-tiny-cpu",
+                                               "pareto_bloom-tiny-cpu", "usd_per_mtok_bloom-tiny-cpu",
                                                "load_time", "peak_mem_bloom-tiny-cpu"]
         for image in images:
             assert base64.b64decode(image["png"]) == (out / f"{image['stem']}.png").read_bytes()
@@ -123,14 +124,15 @@ class TestAccelerateSweep:
         assert '<td class="failed">invalid</td>' in page
 
     def test_sections_come_in_the_order_a_reader_asks(self, page):
-        assert list(sections(page)) == ["What was run", "Fastest per batch size", "Latency: ms per token",
-                                        "Throughput: tokens per second", "Load time", "Memory", "Roofline",
-                                        "Jobs that did not end ok", "Attempts"] == list(SECTIONS)
+        assert list(sections(page)) == ["What was run", "Best point per batch size", "Latency: ms per token",
+                                        "Throughput: tokens per second", "Cost: USD per million tokens",
+                                        "Load time", "Memory", "Roofline", "Jobs that did not end ok",
+                                        "Attempts"] == list(SECTIONS)
 
     def test_header_names_the_command_what_varied_the_hardware_versions_and_ceilings(self, sweep, page):
         header = html.unescape(sections(page)["What was run"])
         assert (f"python -m runner -m dtype=bf16,int8 batch_size=1,4 new_tokens=16 repeats=3 prompt_tokens=4 "
-                f"hydra.sweep.dir={sweep[0]}") in header
+                f"price_per_cpu_node_hour=0.5 hydra.sweep.dir={sweep[0]}") in header
         assert re.search(r"<td>dtype.name</td>\s*<td>bf16, int8</td>", header)
         assert re.search(r"<td>batch_size</td>\s*<td>1, 4</td>", header)
         assert "<code>new_tokens=16</code>" in header and "<code>backend.name=accelerate</code>" in header
@@ -142,10 +144,17 @@ class TestAccelerateSweep:
         assert f"{env['ceilings']['matmul_tflops']:g} TFLOP/s" in header
 
     def test_each_chart_says_what_it_plots_with_units_and_what_it_includes(self, page):
+        pareto = charts.Chart(*(text.format(device="node") for text in (charts.PARETO.title, charts.PARETO.axis,
+                                                                           charts.PARETO.caption)))
         expected = {"ms_per_token": charts.MS_PER_TOKEN, "throughput": charts.TOKENS_PER_S,
-                    "peak_mem": charts.HOST_MEMORY, "load_time": charts.LOAD}  # a CPU sweep: host memory
+                    "peak_mem": charts.HOST_MEMORY, "load_time": charts.LOAD,  # a CPU sweep: host memory
+                    "usd_per_mtok": charts.COST, "pareto": pareto}
         for figure in figures(page):
             chart = next(c for stem, c in expected.items() if figure["stem"].startswith(stem))
+            if chart is pareto:
+                assert f"x: {axis(charts.PARETO_X)}; y: {axis(pareto.axis)}" in figure["caption"]
+                assert figure["alt"].startswith(pareto.title) and figure["caption"].endswith(pareto.caption)
+                continue
             assert figure["alt"].startswith(chart.title), figure["stem"]
             value_axis, other = ("x", "y") if chart is charts.LOAD else ("y", "x")
             assert f"{value_axis}: {axis(chart.axis)}" in figure["caption"], figure["stem"]
@@ -162,7 +171,8 @@ class TestAccelerateSweep:
         assert set(key) == {"accelerate bf16", "accelerate int8"}
         assert all(key[label] == color for label, color in swatches(page))
         drawn = [f["colors"] for f in figures(page)]
-        assert sum("accelerate bf16" in colors for colors in drawn) == 4  # latency, throughput, load, memory
+        assert sum("accelerate bf16" in colors for colors in drawn) == 6  # latency, throughput, Pareto, cost, load,
+        # memory
         for colors in drawn:
             assert all(found == [key[label]] for label, found in colors.items()), colors
 
@@ -186,6 +196,87 @@ class TestAccelerateSweep:
         line = next(line for line in proc.stdout.splitlines() if run_id in line)
         assert "cpu@" in line and "4 " in line and "2 ok, 2 invalid" in line
 
+
+    def test_cost_per_million_tokens_from_the_price_the_sweep_recorded(self, sweep, report):
+        out, proc = report
+        res = results(sweep[0])
+        assert all(r["config"]["price_per_cpu_node_hour"] == 0.5 and r["config"]["price_per_gpu_hour"] is None
+                   for r in res)
+        table = csv_table(out / "usd_per_mtok_bloom-tiny-cpu.csv")
+        usd = {r["config"]["batch_size"]: 0.5 / 3600 * 1 / r["tokens_per_s"] * 1e6 for r in res if r["status"] == "ok"}
+        assert table["accelerate bf16"] == [usd_text(usd[1]), usd_text(usd[4])]
+        assert table["accelerate int8"] == ["invalid", "invalid"]
+        assert "CPU node: 0.5 USD per hour" in proc.stdout
+
+    def test_a_price_given_to_the_report_overrides_the_recorded_one(self, sweep, tmp_path):
+        proc = analysis("report", sweep[0], "--out", tmp_path, "--price-per-cpu-node-hour", "3.5", history=sweep[1])
+        assert proc.returncode == 0, proc.stderr
+        usd = {r["config"]["batch_size"]: 3.5 / 3600 / r["tokens_per_s"] * 1e6 for r in results(sweep[0])
+               if r["status"] == "ok"}
+        assert csv_table(tmp_path / "usd_per_mtok_bloom-tiny-cpu.csv")["accelerate bf16"] == [
+            usd_text(usd[1]), usd_text(usd[4])]
+        bad = analysis("report", sweep[0], "--out", tmp_path, "--price-per-gpu-hour", "-1", history=sweep[1])
+        assert bad.returncode == 2
+        assert bad.stderr.strip() == "error: --price-per-gpu-hour -1: allowed: USD per hour >= 0"
+
+    def test_best_point_per_batch_size_names_fastest_cheapest_and_most_efficient(self, sweep, report):
+        out, _ = report
+        with open(out / "best_bloom-tiny-cpu.csv") as f:
+            rows = list(csv.DictReader(f))
+        ok = {r["config"]["batch_size"]: r for r in results(sweep[0]) if r["status"] == "ok"}
+        assert [row[""] for row in rows] == ["1", "4"]
+        for row in rows:
+            measured = ok[int(row[""])]
+            assert row["fastest"] == row["cheapest"] == "accelerate bf16"
+            assert row["ms/token"] == f"{measured['ms_per_token']:.2f}"
+            assert row["USD/Mtok"] == usd_text(0.5 / 3600 / measured["tokens_per_s"] * 1e6)
+            assert row["least energy"] == "not measured" and row["J/token"] == ""
+
+    def test_pareto_front_of_throughput_per_node_against_latency(self, sweep, page):
+        ok = [r for r in results(sweep[0]) if r["status"] == "ok"]
+        points = [(r["ms_per_token_per_stream"] * r["config"]["batch_size"], r["tokens_per_s"],
+                   r["config"]["batch_size"]) for r in ok]
+        front = [p for p in points if not any(q[0] <= p[0] and q[1] >= p[1] and q != p for q in points)]
+        throughput = html.unescape(sections(page)["Throughput: tokens per second"])
+        listed = re.findall(r"<tr>\s*<td>(?:<span[^>]*></span>)?accelerate bf16</td>\s*<td>(\d+)</td>\s*<td>1</td>"
+                            r"\s*<td>([\d.]+)</td>\s*<td>([\d.]+)</td>", throughput)
+        assert listed == [(str(bs), f"{ms:.2f}", f"{tps:.1f}") for ms, tps, bs in sorted(front)]
+        assert "Throughput per node against latency: bloom-tiny, CPU" in throughput
+
+
+def csv_table(path) -> dict:
+    """A seed-shaped CSV table as {row label: cells}."""
+    with open(path) as f:
+        return {row[0]: row[1:] for row in list(csv.reader(f))[1:]}
+
+
+def test_cost_without_a_price_is_null_with_the_reason():
+    df = pd.DataFrame({"status": ["ok", "ok", "ok", "oom"], "config.num_gpus": [2, 2, 0, 1],
+                       "config.num_nodes": [1, 2, 1, 1], "tokens_per_s": [1000.0, 1000.0, 50.0, None],
+                       "config.price_per_gpu_hour": [None, 3.5, None, None]})
+    cost = efficiency.with_cost(df)
+    assert cost["usd_per_mtok"].isna().tolist() == [True, False, True, True]
+    assert cost["usd_per_mtok"][1] == pytest.approx(3.5 / 3600 * 4 / 1000 * 1e6)  # 2 GPUs on each of 2 nodes
+    assert cost["usd_per_mtok_reason"].tolist() == [
+        "no price: set price_per_gpu_hour (runner) or --price-per-gpu-hour (report)", "",
+        "no price: set price_per_cpu_node_hour (runner) or --price-per-cpu-node-hour (report)", ""]
+    given = efficiency.with_cost(df, price_per_gpu_hour=2.0, price_per_cpu_node_hour=0.1)
+    assert given["usd_per_mtok"].tolist()[:3] == pytest.approx([2 / 3600 * 2 / 1000 * 1e6, 2 / 3600 * 4 / 1000 * 1e6,
+                                                                0.1 / 3600 / 50 * 1e6])
+
+
+def test_best_point_takes_the_lowest_energy_per_token_where_results_have_it():
+    df = pd.DataFrame({"label": ["a", "b", "c"], "status": "ok", "config.batch_size": 8,
+                       "ms_per_token": [1.0, 2.0, 3.0], "tokens_per_s": [800.0, 400.0, 300.0],
+                       "usd_per_mtok": [0.5, 0.2, None], "energy_j_per_token": [0.3, None, 0.1]})
+    best = best_table(df).loc[8]
+    assert (best["fastest"], best["cheapest"], best["least energy"]) == ("a", "b", "c")
+    assert best["USD/Mtok"] == "0.200" and best["J/token"] == "0.100" and best["ms/token"] == "1.00"
+
+
+def test_pareto_front_keeps_the_points_no_other_beats():
+    points = pd.DataFrame({"ms": [10, 20, 30, 15, 30, 5], "tps": [100, 300, 250, 90, 400, 10]})
+    assert efficiency.pareto_front(points, "ms", "tps").tolist() == [True, True, False, False, True, True]
 
 
 

@@ -11,6 +11,9 @@ so that a round is one worker process over their batch sizes.
 `warmup_process=true` first runs the first job of round 1's order once more, in a worker process of its own
 whose result is thrown away (docs/benchmarks/noise-at-source.md: the first process a GPU machine runs after
 a pause is slower than the ones after it).
+
+With dry_run=true it checks every job as before a launch, prints the plan (runner/dryrun.py) and launches
+nothing.
 """
 import random
 from dataclasses import dataclass
@@ -19,12 +22,13 @@ from pathlib import Path
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from core.jobdir import GENERATION_KEYS, CorruptResult, read_result, read_sweep
 from core.rounds import rounds_done
 from runner.callbacks import bad_input
 from runner.config import resolve, unknown_key
+from runner.dryrun import print_plan
 from runner.stack import visible_gpus
 from runner.storage import stop_when_unwritable
 from runner.validate import preflight_reason
@@ -73,10 +77,17 @@ class RoundsSweeper(BasicSweeper):
     def _sweep(self, arguments: list) -> list:
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         overrides = parser.parse_overrides(self._parse_config() + list(arguments))
-        if any(o.key_or_group in ("rounds", "round") for o in overrides if o.is_sweep_override()):
-            bad_input("rounds: one value for the whole sweep (allowed: a single positive int)")
+        for key, allowed in (("rounds", "a single positive int"), ("round", "a single positive int"),
+                             ("dry_run", "true or false")):
+            if any(o.key_or_group == key for o in overrides if o.is_sweep_override()):
+                bad_input(f"{key}: one value for the whole sweep (allowed: {allowed})")
         jobs = [list(job) for batch in self.split_arguments(overrides, None) for job in batch]
-        self.check_before_launch(jobs)
+        checked = self.check_before_launch(jobs)
+        if self.config.get("dry_run"):
+            from analysis.history import history_path  # pandas: only where a dry run needs the history
+
+            print_plan(checked, history_path())
+            return []
         rounds = int(self.config.get("rounds", 1))
         sweep_dir = Path(self.config.hydra.sweep.dir)
         seed = int(read_sweep(sweep_dir).get("round_seed", 0))
@@ -119,15 +130,20 @@ class RoundsSweeper(BasicSweeper):
         return result is not None and result.status in ("ok", "oom") and (
             result.status == "oom" or rounds_done(result) >= rounds)
 
-    def check_before_launch(self, jobs: list) -> None:
+    def check_before_launch(self, jobs: list) -> list:
         """Every job's config, composed as its launch will compose it, checked before the first launch:
         an unknown key (a `+key` typo) or an input the sweep cannot start with ends the runner in one line
-        (exit 2), with nothing launched."""
-        for overrides in jobs:
+        (exit 2), with nothing launched. Returns each job's (resolved config, job directory)."""
+        checked = []
+        for number, overrides in enumerate(jobs):
             cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
             problem = unknown_key(cfg)
             if not problem:
-                job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
-                problem = preflight_reason(resolve(job), visible_gpus())
+                config = resolve(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
+                problem = preflight_reason(config, visible_gpus())
             if problem:
                 bad_input(problem)
+            with open_dict(cfg):
+                cfg.hydra.job.num = number  # as the launcher numbers it: the job directory's name
+            checked.append((config, Path(cfg.hydra.sweep.dir) / str(cfg.hydra.sweep.subdir)))
+        return checked
