@@ -21,6 +21,7 @@ class WorkerSession:
         session_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(session_dir / SESSION_MARKER, key)
         self.log_path = session_dir / "worker.log"
+        self.started = time.time()  # the first job's launch phase starts here
         with open(self.log_path, "a") as log:
             log.write("$ " + " ".join(cmd) + "\n")
             log.flush()
