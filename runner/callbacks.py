@@ -93,6 +93,7 @@ class SweepTable(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         close_session()
         from analysis.history import append_sweep, history_path
+        from analysis.overhead import overhead_line
         from analysis.results import load_results
         from analysis.tables import seed_table
 
@@ -103,4 +104,7 @@ class SweepTable(Callback):
         table.to_csv(sweep_dir / TABLE_FILE)
         print(f"\nms per token (rows backend+dtype, columns batch size) -- {sweep_dir / TABLE_FILE}")
         print(table.to_string())
+        line = overhead_line(results) if len(results) else None
+        if line:
+            print(line)
         append_sweep(history_path(), sweep_dir)
