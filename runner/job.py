@@ -272,6 +272,13 @@ def _build_checkpoint(python: str, config: dict, job_dir: Path, log_path: Path) 
     return rc, offset
 
 
+def _last_phase(job_dir: Path) -> str:
+    """Where a job that timed out was: the last phase its worker reported (the phases file), if any."""
+    path = job_dir / PHASE_FILE
+    lines = path.read_text().splitlines() if path.exists() else []
+    return f"the worker was at: {lines[-1]}" if lines else "the worker reported no phase: it was starting or importing"
+
+
 def _run(job: Job, job_dir: Path, log_path: Path, progress: Progress, starts: dict) -> Result:
     config = job.config
     python = interpreter(config["stack"])
@@ -324,7 +331,7 @@ def _run(job: Job, job_dir: Path, log_path: Path, progress: Progress, starts: di
                 result.reason = f"a rank was {death}; then: {result.reason}"
         return result
     if rc is None:
-        return new_result(job, "timeout", f"no result within timeout_s={config['timeout_s']}")
+        return new_result(job, "timeout", f"no result within timeout_s={config['timeout_s']} ({_last_phase(job_dir)})")
     return new_result(job, "error", failure_reason(_log_since(Path(job.log), offset), rc))
 
 

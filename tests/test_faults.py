@@ -172,7 +172,8 @@ def test_worker_sleeping_past_its_timeout_is_timeout(tmp_path, cache_dir):
                        f"hydra.run.dir={tmp_path / 'job'}"], cache_dir)
     assert proc.returncode == 3, proc.stderr[-3000:]
     result = json.loads((tmp_path / "job" / "result.json").read_text())
-    assert (result["status"], result["reason"]) == ("timeout", "no result within timeout_s=5.0")
+    assert result["status"] == "timeout"
+    assert result["reason"] == "no result within timeout_s=5.0 (the worker reported no phase: it was starting or importing)"
     assert time.monotonic() - start < 60
     assert processes_of(tmp_path) == []  # the sleeping worker and its launcher were ended
 
