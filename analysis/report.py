@@ -19,6 +19,7 @@ import yaml
 from matplotlib.figure import Figure
 
 from analysis import charts, efficiency
+from analysis.overhead import overhead_line, phases_table
 from analysis.results import attempts_table, sweep_summary
 from analysis.tables import (
     groups,
@@ -451,6 +452,18 @@ def _load(page: Page, grouped: list, df: pd.DataFrame) -> None:
         page.seed_table(_group_rows(table, part), f"warmup_{_slug(title)}")
 
 
+def _overhead(page: Page, df: pd.DataFrame) -> None:
+    """Where the jobs' time went (analysis/overhead.py): a heading of the load-time section."""
+    table = phases_table(df)
+    if table.empty:
+        return
+    page.heading("Where the jobs' time went")
+    page.note(overhead_line(df) + ". Each job run's wall time, from its hand-over to the runner to its result "
+              "written, split into phases (docs/architecture.md, Metrics); the overhead share is the part outside "
+              "load, warmup and measure.")
+    page.table(table, index=False)
+
+
 def _memory(page: Page, grouped: list, df: pd.DataFrame) -> None:
     page.section(SECTIONS[6])
     table = seed_table(df, "peak_mem_gib", 2)
@@ -564,6 +577,7 @@ def write_report(df: pd.DataFrame, out: Path, reference: str | None = None, swee
     _throughput(page, grouped, df, reference)
     _cost(page, grouped, df)
     _load(page, grouped, df)
+    _overhead(page, df)
     _memory(page, grouped, df)
     _roofline(page, grouped, df)
     _failures(page, df, corrupt)

@@ -3,11 +3,16 @@
 Reads the job (core/jobdir.py), loads the model with the job's backend, runs the shared measurement loop
 and writes the result of its attempt (rank 0; the runner makes it the job's result). Every failure it can
 catch becomes a result: out of memory is `oom`, anything else `error` with the exception's last line.
+Its result records when each of its phases began (core/phases.py: imports, setup, load, warmup, measure,
+write); the runner adds its own and turns them into phases_s.
 """
+import time
+
+STARTED = time.time()  # before the imports below: the start of the worker's `imports` phase
+
 import os
 import resource
 import sys
-import time
 import traceback
 from pathlib import Path
 
@@ -136,7 +141,9 @@ def search_max_batch(backend, config: dict, vocab: int, stream: int, fields: dic
 _loaded: dict = {}
 
 
-def run(job: Job, job_dir: Path, serving: bool = False) -> Result:
+def run(job: Job, job_dir: Path, serving: bool = False, picked_up: float | None = None) -> Result:
+    """Measure `job`. Its phases begin with the worker's imports (STARTED) where it loads the model, else
+    with the serving worker's pick-up of the job (picked_up)."""
     config = job.config
 
     def phase(text: str) -> None:
@@ -144,19 +151,25 @@ def run(job: Job, job_dir: Path, serving: bool = False) -> Result:
             with open(job_dir / PHASE_FILE, "a") as f:
                 f.write(text + "\n")
 
-    fields = {"env": collect_env()}
     backend = _loaded.get("backend")
+    loaded = backend is not None
+    starts = {"setup": picked_up} if loaded else {"imports": STARTED}
+    fields = {"phase_starts": starts}
     try:
-        if backend is None:
+        if not loaded:
             backend = make_backend(config)
+            import_model_code(backend.checkpoint)
+            starts["setup"] = time.time()
+        fields["env"] = collect_env()
+        if not loaded:
             fields["env"]["ceilings"] = job_ceilings(job, job_dir, backend.input_device())
             if config["host_mem_limit_gib"] is not None:
                 limit_host_memory(config["host_mem_limit_gib"])
             if hasattr(backend, "prepare"):  # untimed: process group, files written once per checkpoint
                 phase("preparing")
                 backend.prepare()
-            import_model_code(backend.checkpoint)
             phase("loading")
+            starts["load"] = time.time()
             start = time.perf_counter()
             backend.load()
             synchronize()
@@ -172,6 +185,7 @@ def run(job: Job, job_dir: Path, serving: bool = False) -> Result:
         stream = rank() if backend.streams > 1 else 0
         if "ceilings" not in fields["env"]:  # serving: the model was loaded for an earlier job
             fields["env"]["ceilings"] = job_ceilings(job, job_dir, backend.input_device())
+        starts["warmup"] = time.time()
         if config["batch_size"] == "max":
             phase("searching the largest batch that fits")
             config = {**config, "batch_size": search_max_batch(backend, config, vocab, stream, fields, phase)}
@@ -186,8 +200,11 @@ def run(job: Job, job_dir: Path, serving: bool = False) -> Result:
                                       fields["env"]["ceilings"], backend.tp_size)
         fields["prompt_logits_top5"] = logits_probe(backend, config, vocab, stream)
         fields.update(gather_ranks(fields))
+        starts["measure"] = starts["warmup"] + fields["warmup_s"]
+        starts["write"] = time.time()
         return new_result(job, "ok", **fields)
     except BaseException as exc:  # noqa: BLE001 -- every failure must become a result
+        starts["write"] = time.time()
         traceback.print_exc()
         fields["backend_info"] = backend.info if backend is not None else {}
         return new_result(job, "oom" if is_oom(exc) else "error", exception_reason(exc), **fields)
@@ -196,12 +213,12 @@ def run(job: Job, job_dir: Path, serving: bool = False) -> Result:
             backend.close()
 
 
-def main(job_dir: Path, serving: bool = False) -> int:
+def main(job_dir: Path, serving: bool = False, picked_up: float | None = None) -> int:
     """Measure the job of `job_dir`. With several ranks, rank 0 writes an `ok` result once every rank
     reported in (gather_ranks); a failed rank writes its own, unless another rank already did, so that the
     first rank to fail reports the job (OOM on rank 3 is the job's `oom`), not a peer that only saw it die."""
     job = read_job(job_dir)
-    result = run(job, job_dir, serving)
+    result = run(job, job_dir, serving, picked_up)
     if rank() == 0 or (int(os.environ.get("WORLD_SIZE", "1")) > 1 and result.status != "ok"):
         write_attempt(job_dir, job.attempt, result)
     print(f"worker rank {rank()}: {result.status} {result.reason}", flush=True)
@@ -218,7 +235,7 @@ def serve(session_dir: Path) -> int:
             if (session_dir / STOP_FILE).exists():
                 return 0
             time.sleep(0.05)
-        code = main(Path(path.read_text()), serving=True)
+        code = main(Path(path.read_text()), serving=True, picked_up=time.time())
         if code != 0:
             return code
         n += 1

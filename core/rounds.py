@@ -13,7 +13,8 @@ from core.jobdir import Result
 
 # The per-round figures a round entry keeps (beside round, status, started, ended, host).
 ROUND_FIELDS = ("ms_per_token", "ms_per_token_min", "ms_per_token_max", "generate_s", "load_s", "warmup_s",
-                "ttft_ms", "decode_ms_per_step", "tokens_per_s", "peak_mem_gib", "energy_j_per_token")
+                "ttft_ms", "decode_ms_per_step", "tokens_per_s", "peak_mem_gib", "energy_j_per_token", "phases_s",
+                "overhead_share")
 
 
 def round_entry(result: Result, number: int, started: float) -> dict:

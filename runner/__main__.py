@@ -6,13 +6,15 @@ finished but nothing measured (every job invalid, oom, error or timeout); 74 a w
 directory failed mid-sweep (disk full, read-only: runner/storage.py); 128 + signal when interrupted (130
 for Ctrl-C).
 """
+import os
 import sys
 
 import hydra
+from hydra._internal.utils import get_args_parser
 from omegaconf import DictConfig
 
-from runner.callbacks import OUTCOME
-from runner.config import register_configs
+from runner.callbacks import OUTCOME, bad_input
+from runner.config import config_error, override_problem, register_configs
 from runner.job import run_job
 from runner.launch import install_signal_handlers
 from runner.session import close_session
@@ -48,10 +50,28 @@ def interrupted(exc: KeyboardInterrupt) -> int:
     return 128 + signum
 
 
+def start() -> None:
+    """main(), with a config error (a wrong group option, an unknown key, a value of the wrong type, a
+    malformed override) as one line and exit 2 instead of Hydra's report: Hydra is made to raise it
+    (HYDRA_FULL_ERROR), unless the user asked for its full trace that way."""
+    problem = override_problem(get_args_parser().parse_known_args()[0].overrides)
+    if problem:
+        bad_input(problem)
+    traced = "HYDRA_FULL_ERROR" in os.environ
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        main()
+    except Exception as e:
+        line = None if traced else config_error(e)
+        if line is None:
+            raise
+        bad_input(line)
+
+
 if __name__ == "__main__":
     install_signal_handlers()
     try:
-        main()
+        start()
     except KeyboardInterrupt as e:
         sys.exit(interrupted(e))
     sys.exit(exit_status())

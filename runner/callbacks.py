@@ -73,6 +73,14 @@ def bad_input(line: str) -> None:
     raise SystemExit(2)
 
 
+def failure_lines(results: Any) -> list:
+    """A line for each job of the sweep that failed (error, timeout): its reason, and its log beside it."""
+    if not len(results):
+        return []
+    failed = results[results["status"].isin(("error", "timeout"))].sort_values("job")
+    return [f"job {r.job} {r.status}: {r.reason} -- log: {r.log}" for r in failed.itertuples()]
+
+
 class SweepTable(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Before any job: take the sweep directory (one runner at a time), check the history can be written,
@@ -124,6 +132,7 @@ class SweepTable(Callback):
 
     def _end(self, config: DictConfig) -> None:
         from analysis.history import append_sweep, history_path
+        from analysis.overhead import overhead_line
         from analysis.results import load_results
         from analysis.tables import seed_table
 
@@ -134,4 +143,9 @@ class SweepTable(Callback):
         table.to_csv(sweep_dir / TABLE_FILE)
         print(f"\nms per token (rows backend+dtype, columns batch size) -- {sweep_dir / TABLE_FILE}")
         print(table.to_string())
+        line = overhead_line(results) if len(results) else None
+        if line:
+            print(line)
+        for line in failure_lines(results):
+            print(line)
         append_sweep(history_path(), sweep_dir)

@@ -5,12 +5,18 @@ The yaml files under conf/ pick these schemas as defaults, so a typo'd key, a wr
 unknown option fails at compose time, before any job runs.
 """
 import difflib
+import re
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
 from backends import lookup, names, specs
 from runner.slurm import ClusterConfig
@@ -129,6 +135,20 @@ def register_configs() -> None:
 GROUP_SCHEMAS = {"dtype": DtypeConfig, "offload": OffloadConfig, "model": ModelConfig, "cluster": ClusterConfig}
 
 
+def did_you_mean(word: str, choices: Any) -> str:
+    """` (did you mean X?)` for the choice nearest a mistyped `word`, or "" where none is near."""
+    near = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1)
+    return f" (did you mean {near[0]}?)" if near else ""
+
+
+def unknown_key_line(key: str, value: Any, known: Any) -> str:
+    """The one line for a key the schema does not know: the dotted `key`, its `value`, the nearest of the
+    `known` keys of its section."""
+    prefix = key.rpartition(".")[0]
+    hint = did_you_mean(key.rpartition(".")[2], [f"{prefix}.{k}" if prefix else k for k in known])
+    return f"{key}={value}: unknown key{hint}; `python -m runner --cfg job` lists the keys"
+
+
 def unknown_key(cfg: DictConfig) -> str | None:
     """A key the schema does not know (a `+key=value` typo, which Hydra adds instead of refusing), as one
     line naming it, its value and the nearest known key; None when every key is known."""
@@ -136,10 +156,7 @@ def unknown_key(cfg: DictConfig) -> str | None:
         known = [f.name for f in fields(schema)]
         for key in node:
             if key not in known and not (prefix == "" and key == "hydra"):
-                near = difflib.get_close_matches(str(key), known, n=1)
-                hint = f" (did you mean {prefix}{near[0]}?)" if near else ""
-                return (f"{prefix}{key}={OmegaConf.to_container(node, resolve=False)[key]}: unknown key{hint}; "
-                        "`python -m runner --cfg job` lists the keys")
+                return unknown_key_line(f"{prefix}{key}", OmegaConf.to_container(node, resolve=False)[key], known)
         return None
 
     sections = [(cfg, SweepConfig, "")] + [(cfg[g], s, f"{g}.") for g, s in GROUP_SCHEMAS.items() if g in cfg]
@@ -150,6 +167,85 @@ def unknown_key(cfg: DictConfig) -> str | None:
         if problem:
             return problem
     return None
+
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def group_options(group: str) -> list:
+    """The options of a config group (conf/<group>/*.yaml; the backends' from the registry)."""
+    return list(names()) if group == "backend" else sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def _allowed(kind: Any) -> tuple:
+    """(what a schema type allows, in words; its values, where it has a few) for the error lines."""
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+        text, values = _allowed(args[0]) if len(args) == 1 else ("a value", [])
+        return f"{text} or null", values
+    if isinstance(kind, type) and issubclass(kind, Enum):
+        values = [m.name for m in kind]
+        return ", ".join(values), values
+    if kind is bool:
+        return "true or false", ["true", "false"]
+    return {int: "an int", float: "a number", str: "text"}.get(kind, getattr(kind, "__name__", str(kind))), []
+
+
+def _override_of(exc: ConfigCompositionException) -> tuple:
+    """(key, value) of the override a ConfigCompositionException is about, from Hydra's words."""
+    message = str(exc)
+    match = re.search(r"use \+(\S+?)=(.*)$", message) or re.search(r"override (\S+?)=(.*)$", message.splitlines()[0])
+    return (match.group(1), match.group(2)) if match else (None, None)
+
+
+def config_error(exc: BaseException) -> str | None:
+    """The one line for an error Hydra raised composing the config from the command line: the key, the
+    value, what is allowed and the nearest allowed value; None for any other exception."""
+    if isinstance(exc, OverrideParseException):
+        return malformed_override(exc.override, exc.message.splitlines())
+    if isinstance(exc, MissingConfigException) and exc.missing_cfg_file and exc.options:
+        group, _, option = exc.missing_cfg_file.rpartition("/")
+        options = sorted(exc.options)
+        return f"{group}={option}: no such option (allowed: {', '.join(options)}){did_you_mean(option, options)}"
+    if not isinstance(exc, ConfigCompositionException):
+        return None
+    key, value = _override_of(exc)
+    cause = exc.__cause__
+    if key is None or cause is None:
+        return None
+    schema = getattr(cause, "object_type", None)
+    known = {f.name: f.type for f in fields(schema)} if isinstance(schema, type) and hasattr(schema, "__dataclass_fields__") else {}
+    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)):
+        return unknown_key_line(key, value, known)
+    if isinstance(cause, ValidationError):
+        leaf = key.rpartition(".")[2]
+        if leaf not in known:
+            return f"{key}={value}: {str(cause).splitlines()[0]}"
+        text, values = _allowed(known[leaf])
+        return f"{key}={value}: allowed: {text}{did_you_mean(value, values)}"
+    return None
+
+
+def override_problem(overrides: list) -> str | None:
+    """The one line for the first command-line override Hydra cannot parse or that names no key, else None."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for override in overrides:
+        try:
+            parsed = parser.parse_overrides([override])
+        except OverrideParseException as e:
+            return config_error(e)
+        if not parsed[0].key_or_group:
+            return malformed_override(override, ["no key before ="])
+    return None
+
+
+def malformed_override(override: str, why: list) -> str:
+    """The one line for an override Hydra cannot parse (`why`: its parser's words, the first one kept)."""
+    said = next((w for w in why if w.strip() and not w.startswith(("Error parsing", "See https"))), "")
+    return (f"{override}: not an override ({said.strip() or 'malformed'}); allowed: key=value, key=a,b,c with -m, "
+            "+key=value to add a key, ~key to remove one")
 
 
 def resolve(cfg: DictConfig) -> dict:

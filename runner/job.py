@@ -36,6 +36,7 @@ from core.jobdir import (
     write_lease,
     write_result,
 )
+from core.phases import durations, overhead_share
 from core.rounds import add_round, rounds_done
 from runner import multinode
 from runner.callbacks import bad_input
@@ -123,9 +124,10 @@ def _size(path: Path) -> int:
     return path.stat().st_size if path.exists() else 0
 
 
-def _run_in_session(job: Job, job_dir: Path, python: str, progress: Progress) -> tuple:
-    """isolate=false: measure in the worker that already holds this model, or start one.
-    Returns (exit code or None, where in the session's log this job's output starts)."""
+def _run_in_session(job: Job, job_dir: Path, python: str, progress: Progress, starts: dict) -> tuple:
+    """isolate=false: measure in the worker that already holds this model, or start one (the job's launch
+    phase starts with the worker's, or with the hand-over). Returns (exit code or None, where in the
+    session's log this job's output starts)."""
     config = job.config
     session_dir = job_dir / SESSION_DIR / f"{job.attempt:04d}"  # a session of its own: no stale job files
     session = session_for(config, lambda key: WorkerSession(
@@ -136,6 +138,7 @@ def _run_in_session(job: Job, job_dir: Path, python: str, progress: Progress) ->
         log.write(f"measured in the shared worker of {session.session_dir}; its log: {session.log_path}\n")
     _take_lease(job_dir, job.attempt, session.proc.pid, master_port(session.proc.args))
     offset = _size(session.log_path)
+    starts["launch"] = session.started if session.jobs == 0 else time.time()
     return session.run(job_dir, attempt_path(job_dir, job.attempt), config["timeout_s"], progress.tick), offset
 
 
@@ -210,7 +213,29 @@ def _in_group(process: psutil.Process, pgid: int) -> bool:
         return False
 
 
+# When the job that runs next was handed to this process: the end of the previous job, or the process's start
+# (its import of this module) for its first job, which thus carries the runner's own start and the checks
+# before the sweep (core/phases.py: queued).
+_handed: dict = {"at": time.time()}
+
+
+def record_phases(result: Result, starts: dict) -> None:
+    """Add the job's phases to its result: the runner's own (`starts`: queued, build, launch) and the worker's
+    (the result's phase_starts), ending now, before the result is written."""
+    merged = {**starts, **(result.get("phase_starts") or {})}
+    phases = durations(merged, time.time())
+    result.fields.update(phase_starts=merged, phases_s=phases, overhead_share=overhead_share(phases))
+
+
 def _run_job(config: dict, job_dir: Path) -> Result:
+    try:
+        return _run_job_phases(config, job_dir, {"queued": _handed["at"]})
+    finally:
+        _handed["at"] = time.time()
+
+
+def _run_job_phases(config: dict, job_dir: Path, starts: dict) -> Result:
+    """_run_job, its phases starting with `starts` (queued)."""
     run_id, index, total, started, sweep_dir, invocation = _sweep_position()
     log_path = job_dir / LOG_FILE
     job = Job(run_id=run_id, job=index, config=config, log=str(log_path), job_dir=str(job_dir), sweep_dir=sweep_dir)
@@ -226,7 +251,7 @@ def _run_job(config: dict, job_dir: Path) -> Result:
         progress.phase(why)
     began = time.time()
     try:
-        result = _run(job, job_dir, log_path, progress)
+        result = _run(job, job_dir, log_path, progress, starts)
     except KeyboardInterrupt as e:
         _interrupted(log_path, e)
         raise
@@ -237,6 +262,7 @@ def _run_job(config: dict, job_dir: Path) -> Result:
         close_session()
         progress.done(result)
         return result
+    record_phases(result, starts)
     result = add_round(previous, result, config["round"], began)
     result.fields["invocation"] = invocation  # which run of the sweep wrote it (rounds build on their own run's)
     write_result(job_dir, result)
@@ -271,7 +297,14 @@ def _build_checkpoint(python: str, config: dict, job_dir: Path, log_path: Path) 
     return rc, offset
 
 
-def _run(job: Job, job_dir: Path, log_path: Path, progress: Progress) -> Result:
+def _last_phase(job_dir: Path) -> str:
+    """Where a job that timed out was: the last phase its worker reported (the phases file), if any."""
+    path = job_dir / PHASE_FILE
+    lines = path.read_text().splitlines() if path.exists() else []
+    return f"the worker was at: {lines[-1]}" if lines else "the worker reported no phase: it was starting or importing"
+
+
+def _run(job: Job, job_dir: Path, log_path: Path, progress: Progress, starts: dict) -> Result:
     config = job.config
     python = interpreter(config["stack"])
     try:
@@ -288,6 +321,7 @@ def _run(job: Job, job_dir: Path, log_path: Path, progress: Progress) -> Result:
     write_job(job_dir, job)
     if config["model"]["source"] == "synthetic" and not checkpoint_ready(config):
         progress.phase("building synthetic checkpoint")
+        starts["build"] = time.time()
         rc, offset = _build_checkpoint(python, config, job_dir, log_path)
         if rc is None:
             return new_result(job, "timeout", f"building the synthetic checkpoint took over timeout_s={config['timeout_s']}")
@@ -300,11 +334,12 @@ def _run(job: Job, job_dir: Path, log_path: Path, progress: Progress) -> Result:
     if config["isolate"]:
         cmd = launcher_command(config, python, job_dir, visible_gpus())
         offset = _size(log_path)
+        starts["launch"] = time.time()
         rc = run_process(cmd, log_path, config["timeout_s"], on_tick=progress.tick,
                          finished=lambda: _ended_ok(job_dir, job.attempt),
                          on_start=lambda proc: _take_lease(job_dir, job.attempt, proc.pid, master_port(proc.args)))
     else:
-        rc, offset = _run_in_session(job, job_dir, python, progress)
+        rc, offset = _run_in_session(job, job_dir, python, progress, starts)
     progress.tick()
     try:  # the result of this attempt only: a late writer of an earlier one can never count
         result = read_attempt(job_dir, job.attempt)
@@ -321,7 +356,7 @@ def _run(job: Job, job_dir: Path, log_path: Path, progress: Progress) -> Result:
                 result.reason = f"a rank was {death}; then: {result.reason}"
         return result
     if rc is None:
-        return new_result(job, "timeout", f"no result within timeout_s={config['timeout_s']}")
+        return new_result(job, "timeout", f"no result within timeout_s={config['timeout_s']} ({_last_phase(job_dir)})")
     return new_result(job, "error", failure_reason(_log_since(Path(job.log), offset), rc))
 
 

@@ -93,26 +93,47 @@ def _tree(proc: subprocess.Popen) -> list:
     return list(found.values())
 
 
-def kill_tree(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
+def _ended(process: psutil.Process) -> bool:
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _wait_ended(procs: list, timeout_s: float) -> list:
+    """Those of `procs` still running after up to `timeout_s`. A zombie has ended (its memory, GPU memory
+    included, is freed): a rank whose launcher died first waits for init to reap it, which on the CPU
+    test machine took 2 s."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        alive = [p for p in procs if not _ended(p)]
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.01)
+
+
+def kill_tree(proc: subprocess.Popen, grace_s: float = 5.0, at_once: bool = False) -> None:
     """End the launcher and every process of its tree and group (ranks included): SIGTERM, then SIGKILL
     what outlives the grace. A stopped process (SIGSTOP, a debugger) is continued so that it can act on
     the SIGTERM. Also what ends the leftovers of a launcher that exited on its own (one killed by a
-    signal leaves its worker running)."""
+    signal leaves its worker running). at_once: SIGKILL with no SIGTERM and no grace, for a job whose result
+    is written (the launchers' own shutdown on SIGTERM took 2 s per job, and there is nothing left to save)."""
     procs = _tree(proc)
-    for sig in (signal.SIGTERM, signal.SIGCONT):
+    wait_s = 0.0 if at_once else grace_s
+    for sig in () if at_once else (signal.SIGTERM, signal.SIGCONT):
         _signal_all(procs, sig)
         if proc.returncode is None:
             try:
                 proc.send_signal(sig)
             except ProcessLookupError:
                 pass
-    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    alive = _wait_ended(procs, wait_s)
     try:
-        proc.wait(timeout=grace_s)
+        proc.wait(timeout=wait_s)
     except subprocess.TimeoutExpired:
         proc.kill()
     _signal_all(alive, signal.SIGKILL)
-    psutil.wait_procs(alive, timeout=grace_s)
+    _wait_ended(alive, grace_s)
     proc.wait()
     release_shared_memory(master_port(proc.args))
 
@@ -155,6 +176,9 @@ def _mapped() -> set:
     return found
 
 
+POLL_S = 0.1  # how often a running job's process, its progress and its result file are looked at
+
+
 def run_process(cmd: list, log_path: Path, timeout_s: float, env: dict | None = None,
                 on_tick: Callable[[], None] = lambda: None, finished: Callable[[], bool] = lambda: False,
                 on_start: Callable[[subprocess.Popen], None] = lambda proc: None) -> int | None:
@@ -163,6 +187,7 @@ def run_process(cmd: list, log_path: Path, timeout_s: float, env: dict | None = 
     The process tree is killed on timeout and on any interruption of the runner (Ctrl-C included), and
     once `finished()` says its work is done (on_start(proc) is told of the process first): the launchers' own shutdown (DeepSpeed's polls every second,
     then every rank tears down its interpreter) took seconds per job after the result was written; 0 then.
+    Both are looked at every POLL_S.
     """
     deadline = time.monotonic() + timeout_s
     with open(log_path, "a") as log:
@@ -174,13 +199,13 @@ def run_process(cmd: list, log_path: Path, timeout_s: float, env: dict | None = 
             on_start(proc)
             while True:
                 try:
-                    rc = proc.wait(timeout=0.5)
+                    rc = proc.wait(timeout=POLL_S)
                     kill_tree(proc)  # what the launcher left behind, if anything
                     return rc
                 except subprocess.TimeoutExpired:
                     on_tick()
                     if finished():
-                        kill_tree(proc)
+                        kill_tree(proc, at_once=True)
                         return 0
                     if time.monotonic() > deadline:
                         kill_tree(proc)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from core.jobdir import SESSION_MARKER, STOP_FILE, atomic_write, load_key, session_job_file
-from runner.launch import job_environment, kill_tree
+from runner.launch import POLL_S, job_environment, kill_tree
 
 
 class WorkerSession:
@@ -21,6 +21,7 @@ class WorkerSession:
         session_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(session_dir / SESSION_MARKER, key)
         self.log_path = session_dir / "worker.log"
+        self.started = time.time()  # the first job's launch phase starts here
         with open(self.log_path, "a") as log:
             log.write("$ " + " ".join(cmd) + "\n")
             log.flush()
@@ -44,7 +45,7 @@ class WorkerSession:
                 if time.monotonic() > deadline:
                     self.close(kill=True)
                     return None
-                time.sleep(0.2)
+                time.sleep(POLL_S)
                 on_tick()
             return 0
         except BaseException:

@@ -8,8 +8,16 @@ import psutil
 from backends import lookup
 from backends.spec import Stack
 from backends.synthetic import SYNTHETIC_ARCHS, cache_root, synthetic_params
+from runner.config import did_you_mean, group_options
 from runner.multinode import nodes_reason
 from runner.stack import gpu_memory_gib, interpreter, probe
+
+
+def batch_size_type_error(value: object) -> str | None:
+    """batch_size is an int or `max` (a wrong type stops the sweep; a size < 1 is the job's `invalid`)."""
+    if value != "max" and (isinstance(value, bool) or not isinstance(value, int)):
+        return f"batch_size={value}: allowed: a positive int or max"
+    return None
 
 
 def batch_size_error(config: dict) -> str | None:
@@ -22,9 +30,7 @@ def batch_size_error(config: dict) -> str | None:
             return ("batch_size=max: the search runs in one process (an out-of-memory on one rank of several "
                     "cannot be retried; allowed with one GPU or cpu_ranks=1, or a one-process backend)")
         return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        return f"batch_size={value}: allowed: a positive int or max"
-    return None
+    return batch_size_type_error(value)
 
 
 def _world_size(config: dict) -> int:
@@ -196,9 +202,22 @@ def _memory_guard(config: dict, gpus: tuple) -> str | None:
             f"the {have:.0f} GiB of {where} (allowed: a smaller batch_size, fewer tokens, or batch_size=max)")
 
 
+def _group_names(config: dict) -> str | None:
+    """backend.name, dtype.name and offload.name set directly must name an option of their group."""
+    for group in ("backend", "dtype", "offload"):
+        name, options = config[group]["name"], group_options(group)
+        if name not in options:
+            return f"{group}.name={name}: allowed: {', '.join(options)}{did_you_mean(name, options)}"
+    return None
+
+
 def preflight_reason(config: dict, gpus: tuple) -> str | None:
-    """Why the sweep cannot start at all, found before anything is launched: a stack interpreter that does
-    not run, a model directory with no checkpoint, a cache_dir that is a file, a batch size that cannot fit."""
+    """Why the sweep cannot start at all, found before anything is launched: a group's name that is none of
+    its options, a batch size of the wrong type, a stack interpreter that does not run, a model directory with
+    no checkpoint, a cache_dir that is a file, a batch size that cannot fit."""
+    problem = _group_names(config) or batch_size_type_error(config["batch_size"])
+    if problem:
+        return problem
     try:
         probe(interpreter(config["stack"]))
     except ValueError as e:

@@ -172,7 +172,8 @@ def test_worker_sleeping_past_its_timeout_is_timeout(tmp_path, cache_dir):
                        f"hydra.run.dir={tmp_path / 'job'}"], cache_dir)
     assert proc.returncode == 3, proc.stderr[-3000:]
     result = json.loads((tmp_path / "job" / "result.json").read_text())
-    assert (result["status"], result["reason"]) == ("timeout", "no result within timeout_s=5.0")
+    assert result["status"] == "timeout"
+    assert result["reason"] == "no result within timeout_s=5.0 (the worker reported no phase: it was starting or importing)"
     assert time.monotonic() - start < 60
     assert processes_of(tmp_path) == []  # the sleeping worker and its launcher were ended
 
@@ -397,9 +398,8 @@ def test_nvme_offload_path_on_a_read_only_file_system(tmp_path, cache_dir):
 
 def test_unknown_rerun_mode_fails_before_any_job(tmp_path, cache_dir):
     proc = run_runner(["-m", "batch_size=1,2", "rerun=sometimes", f"hydra.sweep.dir={tmp_path}"], cache_dir)
-    assert proc.returncode != 0
-    assert "Invalid value 'sometimes', expected one of [none, failed, all]" in proc.stderr
-    assert "full_key: rerun" in proc.stderr
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: rerun=sometimes: allowed: none, failed, all"
     assert not list(tmp_path.glob("*/result.json"))
 
 

@@ -179,11 +179,12 @@ def test_sdpa_is_invalid_for_bloom(tmp_path):
     assert invalid_reason(llama, STACK, ()) is None
 
 
-def test_a_batch_size_that_is_not_a_number_is_an_invalid_result(tmp_path, cache_dir):
+def test_a_batch_size_that_is_not_a_number_stops_the_runner_in_one_line(tmp_path, cache_dir):
+    """A type error, as for every other key: exit 2, nothing run (a size below 1 is the job's `invalid`)."""
     proc = run_runner(["batch_size=abc", f"hydra.run.dir={tmp_path}"], cache_dir)
-    assert proc.returncode == 3, proc.stderr
-    r = json.loads((tmp_path / "result.json").read_text())
-    assert (r["status"], r["reason"]) == ("invalid", "batch_size=abc: allowed: a positive int or max")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == "error: batch_size=abc: allowed: a positive int or max\n"
+    assert not (tmp_path / "result.json").exists()
 
 
 # ---- analysis ------------------------------------------------------------------------------------------

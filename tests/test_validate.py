@@ -61,7 +61,7 @@ def test_nvme_offload_to_an_existing_directory_is_valid(tmp_path):
 def test_accelerate_command_uses_the_real_cli_on_the_jobs_gpus():
     cfg = config("num_gpus=2")
     cmd = launcher_command(cfg, "/env/bin/python", "/sweep/0", ("4", "5", "6"))
-    assert cmd[:4] == ["/env/bin/python", "-m", "accelerate.commands.accelerate_cli", "launch"]
+    assert cmd[:3] == ["/env/bin/python", "-m", "accelerate.commands.launch"]
     assert cmd[cmd.index("--gpu_ids") + 1] == "4,5"
     assert cmd[cmd.index("--num_processes") + 1] == "1"
     assert cmd[-3:] == ["--module", "backends.worker", "/sweep/0"]
