@@ -26,7 +26,7 @@ from scipy import special
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from analysis.compare import from_rounds, round_figures  # noqa: E402 -- after the repository is on the path
+from analysis.compare import from_rounds, round_figures  # after the repository is on the path
 
 
 def run_sweep(args: argparse.Namespace, sweep_dir: Path) -> None:

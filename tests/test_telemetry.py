@@ -11,6 +11,8 @@ from test_analysis_verdict import analysis_main, make_result, make_sweep, table_
 from backends.telemetry import gpu_stats, job_gpu_stats, reason_names
 from core.jobdir import CorruptResult, validate_result, write_json
 
+GPU = ("power_w_mean", "power_w_max", "sm_clock_mhz_mean", "sm_clock_mhz_min", "mem_clock_mhz_mean",
+       "temperature_c_max", "utilization_pct_mean")
 HOST = ("cpu_time_s", "involuntary_ctx_switches", "cpu_freq_mhz_mean", "load_avg_1m", "other_cpu_share")
 
 
@@ -45,6 +47,8 @@ class TestAccelerateSweep:
             assert r["energy_j_per_token"] is None
             gpu, host = r["telemetry"]["gpu"], r["telemetry"]["host"]
             assert isinstance(gpu["reason"], str) and gpu["reason"]
+            assert {k: gpu[k] for k in GPU} == dict.fromkeys(GPU)
+            assert gpu["per_gpu"] == gpu["energy_j_per_token_per_gpu"] == gpu["throttle_reasons"] == []
             assert all(_number(host[k]) for k in HOST), host
             assert host["cpu_time_s"] > 0 and 0 <= host["other_cpu_share"] <= 1
             assert len(r["telemetry"]["repeats"]) == 3
@@ -72,8 +76,8 @@ class TestAccelerateSweep:
         assert code in (0, 1), err
         conditions = [line for line in out.split("**Conditions that differ**")[1].splitlines() if line.startswith("- ")]
         label = f"accelerate bf16 bs={ok[0]['config']['batch_size']}"
-        assert conditions == [f"- {label}: SM clock 1980 -> 1755 MHz; throttle: SwPowerCap in candidate; "
-                              "other CPU share 0.02 -> 0.41"]
+        assert conditions == [(f"- {label}: SM clock 1980 -> 1755 MHz; throttle: SwPowerCap in candidate; "
+                               "other CPU share 0.02 -> 0.41")]
 
 
 def test_the_same_conditions_are_not_noted(tmp_path):
