@@ -15,10 +15,12 @@ Metric definitions (docs/architecture.md):
                      over every pass; tokens_per_s_per_stream (one sequence: new_tokens / generate time) and
                      tokens_per_s from the timed repeats' median; samples: how many of each
 """
+import itertools
 import resource
 import statistics
 import time
 from collections.abc import Callable
+from contextlib import closing
 from typing import Protocol
 
 import numpy as np
@@ -95,7 +97,7 @@ def latency_passes(backend: Backend, ids: torch.Tensor, mask: torch.Tensor, new_
         if len(steps) != new_tokens:
             raise RuntimeError(f"the streamer saw {len(steps)} steps of a generate of {new_tokens} tokens")
         ttft.append((steps[0] - start) * 1000)
-        itl += [(b - a) * 1000 for a, b in zip(steps, steps[1:])]
+        itl += [(b - a) * 1000 for a, b in itertools.pairwise(steps)]
     return {"ttft_ms": percentiles(ttft), "itl_ms": percentiles(itl) if itl else None,
             "samples": {"ttft": len(ttft), "itl": len(itl)}}
 
@@ -104,7 +106,8 @@ def gpu_uuids() -> list:
     """NVML's ids of the GPUs this process uses: all that torch sees (the launcher narrowed them to the job's)."""
     if not torch.cuda.is_available():
         return []
-    return [f"GPU-{torch.cuda.get_device_properties(i).uuid}" for i in range(torch.cuda.device_count())]
+    uuids = [str(torch.cuda.get_device_properties(i).uuid) for i in range(torch.cuda.device_count())]
+    return [u if u.startswith(("GPU-", "MIG-")) else f"GPU-{u}" for u in uuids]
 
 
 def reset_peak_memory() -> None:
@@ -135,7 +138,7 @@ def measure(backend: Backend, config: dict, vocab_size: int, stream: int, phase:
         raise RuntimeError(f"generate returned shape {tuple(out.shape)}, expected {(bs, ids.shape[1] + new_tokens)}")
 
     generate_s = []
-    with Telemetry(gpu_uuids(), enabled=telemetry) as monitor:
+    with closing(Telemetry(gpu_uuids() if telemetry else [], enabled=telemetry)) as monitor:
         for k in range(repeats):
             phase(f"repeat {k + 1}/{repeats}")
             monitor.begin()

@@ -136,6 +136,7 @@ class GpuMonitor:
             self.names = [_text(nvml.nvmlDeviceGetName(h)) for h in self.handles]
         except nvml.NVMLError as e:
             self.reason, self.handles = f"NVML does not know the GPUs {uuids}: {e}", []
+            nvml.nvmlShutdown()
             return
         self._pooled: list = [[] for _ in self.handles]  # every repeat's samples, per GPU
         self.readers = {"energy_mj": nvml.nvmlDeviceGetTotalEnergyConsumption, **_readers(nvml)}
@@ -195,7 +196,7 @@ class GpuMonitor:
         """The job's `telemetry.gpu` from its repeats' end() figures: each GPU's stats over every repeat's
         samples pooled, its J per token the median over the repeats, and the job's figures over its GPUs."""
         if self.reason:
-            return {"reason": self.reason}
+            return {"reason": self.reason, "per_gpu": [], "energy_j_per_token_per_gpu": [], **job_gpu_stats([])}
         per_gpu = [{"index": i, "name": name, **gpu_stats(self._pooled[i]),
                     "energy_j_per_token": _median([r["per_gpu"][i]["energy_j_per_token"] for r in repeats])}
                    for i, name in enumerate(self.names)]
@@ -275,9 +276,9 @@ class HostMonitor:
 
 
 class Telemetry:
-    """`with Telemetry(uuids) as t:`, then `t.begin()` / `t.end(tokens)` around each timed repeat, outside
-    its timing; `t.fields()` gives the result fields. Disabled (enabled=False): nothing is read, the fields
-    are null."""
+    """`t.begin()` / `t.end(tokens)` around each timed repeat, outside its timing, `t.close()` after the
+    last (it ends the sampler thread); `t.fields()` gives the result fields. Disabled (enabled=False):
+    nothing is read, the fields are null."""
 
     def __init__(self, uuids: list, enabled: bool = True):
         self.enabled = enabled
@@ -286,10 +287,7 @@ class Telemetry:
         self.host = HostMonitor() if enabled else None
         self._started = 0.0
 
-    def __enter__(self) -> "Telemetry":
-        return self
-
-    def __exit__(self, *exc) -> None:
+    def close(self) -> None:
         if self.gpu is not None:
             self.gpu.close()
 

@@ -94,7 +94,7 @@ class SweepConfig:
     # true: after the measurement, one more generate under torch.profiler (backends/profile.py).
     profile: bool = False
     # true: GPU (NVML) and host (psutil) telemetry during the timed repeats, energy per token
-    # (backends/telemetry.py); false: none of it runs (how its overhead is measured: benchmarks/telemetry_overhead.py).
+    # (backends/telemetry.py); false: none of it runs (its cost: benchmarks/telemetry_overhead.py).
     telemetry: bool = True
     # false: consecutive jobs that differ only in batch_size, new_tokens, prompt_tokens, repeats,
     # timeout_s or profile share one launched worker that loads the model once (load_s is that one load).

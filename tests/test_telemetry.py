@@ -10,7 +10,10 @@ from test_analysis_verdict import analysis_main, make_result, make_sweep, table_
 
 from backends.telemetry import gpu_stats, job_gpu_stats, reason_names
 from core.jobdir import CorruptResult, validate_result, write_json
+from runner.stack import visible_gpus
 
+GPU = ("power_w_mean", "power_w_max", "sm_clock_mhz_mean", "sm_clock_mhz_min", "mem_clock_mhz_mean",
+       "temperature_c_max", "utilization_pct_mean")
 HOST = ("cpu_time_s", "involuntary_ctx_switches", "cpu_freq_mhz_mean", "load_avg_1m", "other_cpu_share")
 
 
@@ -45,6 +48,8 @@ class TestAccelerateSweep:
             assert r["energy_j_per_token"] is None
             gpu, host = r["telemetry"]["gpu"], r["telemetry"]["host"]
             assert isinstance(gpu["reason"], str) and gpu["reason"]
+            assert {k: gpu[k] for k in GPU} == dict.fromkeys(GPU)
+            assert gpu["per_gpu"] == gpu["energy_j_per_token_per_gpu"] == gpu["throttle_reasons"] == []
             assert all(_number(host[k]) for k in HOST), host
             assert host["cpu_time_s"] > 0 and 0 <= host["other_cpu_share"] <= 1
             assert len(r["telemetry"]["repeats"]) == 3
@@ -72,8 +77,8 @@ class TestAccelerateSweep:
         assert code in (0, 1), err
         conditions = [line for line in out.split("**Conditions that differ**")[1].splitlines() if line.startswith("- ")]
         label = f"accelerate bf16 bs={ok[0]['config']['batch_size']}"
-        assert conditions == [f"- {label}: SM clock 1980 -> 1755 MHz; throttle: SwPowerCap in candidate; "
-                              "other CPU share 0.02 -> 0.41"]
+        assert conditions == [(f"- {label}: SM clock 1980 -> 1755 MHz; throttle: SwPowerCap in candidate; "
+                               "other CPU share 0.02 -> 0.41")]
 
 
 def test_the_same_conditions_are_not_noted(tmp_path):
@@ -118,6 +123,26 @@ def test_telemetry_off_runs_none_of_it(tmp_path, cache_dir):
     assert r["status"] == "ok", r["reason"]
     assert r["telemetry"] is None and r["energy_j_per_token"] is None
     assert r["latency"]["samples"] == {"ttft": 2, "itl": 2 * 3}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not visible_gpus(), reason="needs a CUDA GPU")
+def test_gpu_telemetry_on_a_gpu(tmp_path, cache_dir):
+    """On a GPU machine: NVML's figures of the job's GPU and its energy per token."""
+    proc = run_runner(["num_gpus=1", "new_tokens=64", "repeats=3", "prompt_tokens=8", f"hydra.run.dir={tmp_path}"],
+                      cache_dir, env_extra={"CUDA_VISIBLE_DEVICES": ",".join(visible_gpus())})
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads((tmp_path / "result.json").read_text())
+    assert r["status"] == "ok", r["reason"]
+    gpu = r["telemetry"]["gpu"]
+    assert gpu["reason"] is None, gpu["reason"]
+    assert len(gpu["per_gpu"]) == 1 and gpu["per_gpu"][0]["samples"] >= 2 * 3
+    assert gpu["sm_clock_mhz_mean"] > 0 and gpu["sm_clock_mhz_min"] <= gpu["sm_clock_mhz_mean"]
+    assert 0 < gpu["power_w_mean"] <= gpu["power_w_max"] and gpu["temperature_c_max"] > 0
+    assert isinstance(gpu["throttle_reasons"], list)
+    if "energy_mj" not in gpu["unsupported"]:
+        assert r["energy_j_per_token"] > 0 and gpu["energy_j_per_token_per_gpu"] == [r["energy_j_per_token"]]
+    assert r["latency"]["samples"] == {"ttft": 3, "itl": 3 * 63}
 
 
 def test_gpu_samples_make_the_means_extremes_and_reasons():
