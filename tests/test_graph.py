@@ -60,12 +60,14 @@ def test_prefill_and_decode_steps_match_transformers(model, dtype, cache_dir):
     assert torch.equal(got.argmax(-1)[clear], expected[:, :-1].argmax(-1)[clear])
 
 
+@pytest.mark.parametrize("span_step", [0, 3])
 @pytest.mark.parametrize("model", ["bloom-tiny", "llama-tiny"])
-def test_generate_is_transformers_greedy_generate(model, cache_dir):
+def test_generate_is_transformers_greedy_generate(model, span_step, cache_dir):
     """fp32: the same tokens as transformers' greedy generate (min_new_tokens = new_tokens), shape
-    [batch, prompt + new_tokens]; one decoder over changing batch shapes and a prefill-only generate."""
+    [batch, prompt + new_tokens], whether a step attends over the whole cache or over growing spans of
+    it; one decoder over changing batch shapes and a prefill-only generate."""
     ours, hf = both(model, "fp32", cache_dir)
-    decoder = StaticDecoder(ours, use_graph=False, compile_mode=None)
+    decoder = StaticDecoder(ours, use_graph=False, compile_mode=None, span_step=span_step)
     for batch, prompt, new in [(2, 5, 7), (3, 4, 5), (2, 5, 7), (2, 5, 1)]:
         x = ids((batch, prompt), batch)
         with torch.no_grad():

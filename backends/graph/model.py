@@ -5,7 +5,7 @@ Face safetensors checkpoint loads by name. Every forward takes one of two shapes
   full     the prompt at positions 0..T-1, fresh keys and values (optionally stored in the cache)
   decode   one token per sequence at position `pos` (a one-element device tensor, so shapes never change
            from step to step): its key and value written into the cache at `pos`, attention over the
-           whole cache with the positions after `pos` masked out
+           cache's first `span` positions (a Python int, pos < span) with those after `pos` masked out
 Attention is computed as transformers' eager attention does (scores, fp32 softmax, weighted values),
 grouped-query attention without copying the cache (query heads grouped under their key/value head).
 """
@@ -19,6 +19,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from backends.graph.spec import ARCHS
+
+
+@dataclass
+class Step:
+    """Where a decode step is: the position of its tokens (device tensor [1]) and the cache positions
+    its attention reads (the first `span`)."""
+    pos: torch.Tensor
+    span: int
 
 
 @dataclass
@@ -55,24 +63,25 @@ def causal_mask(t: int, device: torch.device) -> torch.Tensor:
     return torch.full((t, t), float("-inf"), device=device).triu(1)
 
 
-def step_mask(max_len: int, pos: torch.Tensor) -> torch.Tensor:
-    """[max_len] fp32: 0 for the cache positions up to `pos`, -inf after (stale or empty entries)."""
-    positions = torch.arange(max_len, device=pos.device)
-    return torch.zeros(max_len, device=pos.device).masked_fill(positions > pos, float("-inf"))
+def step_mask(step: Step) -> torch.Tensor:
+    """[span] fp32: 0 for the cache positions up to the step's, -inf after (stale or empty entries)."""
+    positions = torch.arange(step.span, device=step.pos.device)
+    return torch.zeros(step.span, device=step.pos.device).masked_fill(positions > step.pos, float("-inf"))
 
 
 def store_kv(cache: KVCache | None, layer: int, k: torch.Tensor, v: torch.Tensor,
-             pos: torch.Tensor | None) -> tuple:
+             step: Step | None) -> tuple:
     """The keys and values a layer attends over: the fresh ones (full; copied into the cache's first
-    positions when there is one), or the whole cache after writing this token's at `pos` (decode)."""
-    if pos is None:
+    positions when there is one), or the cache's first `span` positions after writing this token's at
+    `pos` (decode)."""
+    if step is None:
         if cache is not None:
             cache.k[layer][:, :, :k.shape[2]] = k
             cache.v[layer][:, :, :v.shape[2]] = v
         return k, v
-    cache.k[layer][:, :, pos] = k
-    cache.v[layer][:, :, pos] = v
-    return cache.k[layer], cache.v[layer]
+    cache.k[layer][:, :, step.pos] = k
+    cache.v[layer][:, :, step.pos] = v
+    return cache.k[layer][:, :, :step.span], cache.v[layer][:, :, :step.span]
 
 
 def alibi_slopes(heads: int) -> torch.Tensor:
@@ -89,7 +98,7 @@ def alibi_slopes(heads: int) -> torch.Tensor:
 class CausalLM(nn.Module):
     """What both architectures offer the decoder: forward (every position's logits, as a transformers
     model's), prefill (the last position's logits, the cache filled) and decode (one token at `pos`).
-    A subclass has `run(ids, cache, pos) -> final hidden states`, `lm_head` and `prepare(max_len)`."""
+    A subclass has `run(ids, cache, step) -> final hidden states`, `lm_head` and `prepare(max_len)`."""
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> Output:
         self.prepare(input_ids.shape[1])
@@ -103,9 +112,10 @@ class CausalLM(nn.Module):
         """The position tables prepare() built (what a decode step reads besides weights and cache)."""
         raise NotImplementedError
 
-    def decode(self, tokens: torch.Tensor, pos: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """Call prepare(cache.max_len) first: nothing here allocates from the host."""
-        return self.lm_head(self.run(tokens[:, None], cache, pos)[:, -1])
+    def decode(self, tokens: torch.Tensor, pos: torch.Tensor, cache: KVCache, span: int | None = None) -> torch.Tensor:
+        """Call prepare(cache.max_len) first: nothing here allocates from the host. span: None, the whole cache."""
+        step = Step(pos, span or cache.max_len)
+        return self.lm_head(self.run(tokens[:, None], cache, step)[:, -1])
 
 
 class BloomAttention(nn.Module):
@@ -115,12 +125,12 @@ class BloomAttention(nn.Module):
         self.query_key_value = nn.Linear(hidden, 3 * hidden)
         self.dense = nn.Linear(hidden, hidden)
 
-    def forward(self, x, bias, cache, layer, pos):
+    def forward(self, x, bias, cache, layer, step):
         b, t, _ = x.shape
         # the fused projection holds each head's [q, k, v] together
         qkv = self.query_key_value(x).view(b, t, self.heads, 3, self.head_dim)
         q, k, v = (qkv[..., i, :].transpose(1, 2) for i in range(3))
-        k, v = store_kv(cache, layer, k, v, pos)
+        k, v = store_kv(cache, layer, k, v, step)
         return self.dense(attention(q, k, v, bias))
 
 
@@ -143,8 +153,8 @@ class BloomBlock(nn.Module):
         self.post_attention_layernorm = nn.LayerNorm(hidden, eps=eps)
         self.mlp = BloomMLP(hidden)
 
-    def forward(self, x, bias, cache, layer, pos):
-        x = x + self.self_attention(self.input_layernorm(x), bias, cache, layer, pos)
+    def forward(self, x, bias, cache, layer, step):
+        x = x + self.self_attention(self.input_layernorm(x), bias, cache, layer, step)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -188,16 +198,16 @@ class Bloom(CausalLM):
     def tables(self) -> tuple:
         return (self.alibi,)
 
-    def run(self, ids: torch.Tensor, cache: KVCache | None, pos: torch.Tensor | None) -> torch.Tensor:
+    def run(self, ids: torch.Tensor, cache: KVCache | None, step: Step | None) -> torch.Tensor:
         t = ids.shape[1]
-        if pos is None:
+        if step is None:
             bias = self.alibi[..., :t] + causal_mask(t, ids.device)
         else:
-            bias = self.alibi[..., :cache.max_len] + step_mask(cache.max_len, pos)
+            bias = self.alibi[..., :step.span] + step_mask(step)
         tr = self.transformer
         x = tr.word_embeddings_layernorm(tr.word_embeddings(ids))
         for i, block in enumerate(tr.h):
-            x = block(x, bias, cache, i, pos)
+            x = block(x, bias, cache, i, step)
         return tr.ln_f(x)
 
 
@@ -226,13 +236,13 @@ class LlamaAttention(nn.Module):
         self.v_proj = nn.Linear(hidden, kv_heads * head_dim, bias=False)
         self.o_proj = nn.Linear(heads * head_dim, hidden, bias=False)
 
-    def forward(self, x, cos, sin, bias, cache, layer, pos):
+    def forward(self, x, cos, sin, bias, cache, layer, step):
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
         q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
-        k, v = store_kv(cache, layer, k, v, pos)
+        k, v = store_kv(cache, layer, k, v, step)
         return self.o_proj(attention(q, k, v, bias))
 
 
@@ -256,8 +266,8 @@ class LlamaBlock(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = LlamaMLP(config.hidden_size, config.intermediate_size)
 
-    def forward(self, x, cos, sin, bias, cache, layer, pos):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, bias, cache, layer, pos)
+    def forward(self, x, cos, sin, bias, cache, layer, step):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, bias, cache, layer, step)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -316,16 +326,16 @@ class Llama(CausalLM):
     def tables(self) -> tuple:
         return self.rope
 
-    def run(self, ids: torch.Tensor, cache: KVCache | None, pos: torch.Tensor | None) -> torch.Tensor:
+    def run(self, ids: torch.Tensor, cache: KVCache | None, step: Step | None) -> torch.Tensor:
         t = ids.shape[1]
         x = self.model.embed_tokens(ids)
         cos, sin = self.rope
-        if pos is None:
+        if step is None:
             cos, sin, bias = cos[:t], sin[:t], causal_mask(t, ids.device)
         else:
-            cos, sin, bias = cos[pos], sin[pos], step_mask(cache.max_len, pos)
+            cos, sin, bias = cos[step.pos], sin[step.pos], step_mask(step)
         for i, layer in enumerate(self.model.layers):
-            x = layer(x, cos, sin, bias, cache, i, pos)
+            x = layer(x, cos, sin, bias, cache, i, step)
         return self.model.norm(x)
 
 
