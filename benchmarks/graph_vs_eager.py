@@ -7,8 +7,8 @@ Sweeps bloom-7b1 and llama-8b (synthetic, bf16) in priority order (SWEEPS below)
 8, 64, 256; graph under profile=true (bloom-7b1, one short generate: 7 graph-replayed steps); accelerate
 backend.compile=true at 1 and 64; accelerate (eager) and ds-inference at 1, 8, 64, 256; then extras
 (graph with a compiled step; graph's own step without the graph). `--only a,b` runs the named sweeps
-(the rest of a budget that ran out, in a second call). Each sweep writes OUT_DIR/<name>/ (result.json per job, the job logs); a sweep that would run
-past the budget is stopped (SIGTERM: the runner ends its jobs' process trees) and those after it are
+(the rest of a budget that ran out, in a second call). Each sweep writes OUT_DIR/<name>/ (result.json
+per job, the job logs); a sweep that would run past the budget is stopped (SIGTERM: the runner ends its jobs' process trees) and those after it are
 skipped. Jobs that differ only in batch size share one loaded model (isolate=false). The history goes to
 OUT_DIR/history.sqlite. At the end it prints, and writes to OUT_DIR/summary.md, one row per job: ms per
 token, decode ms per step, the decode floor of the roofline and the step's multiple of it (the goal of

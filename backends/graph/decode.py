@@ -142,8 +142,9 @@ class StaticDecoder:
         out = self._decode(state, input_ids, new_tokens, replay=bool(self.graphs))
         if fresh and self.graphs:
             differ = int((self._decode(state, input_ids, new_tokens, replay=False) != out).sum())
-            self.timings["graph_check"] = ("replays identical to the uncaptured step" if differ == 0 else
-                                           f"{differ} of {batch * new_tokens} tokens differ from the uncaptured step")
+            self.timings["graph_check"] = (
+                "replays identical to the uncaptured step" if differ == 0
+                else f"{differ} of {batch * new_tokens} tokens differ from the uncaptured step")
         return out
 
     def _decode(self, state: StepState, input_ids: torch.Tensor, new_tokens: int, replay: bool) -> torch.Tensor:

@@ -112,8 +112,10 @@ class CausalLM(nn.Module):
         """The position tables prepare() built (what a decode step reads besides weights and cache)."""
         raise NotImplementedError
 
-    def decode(self, tokens: torch.Tensor, pos: torch.Tensor, cache: KVCache, span: int | None = None) -> torch.Tensor:
-        """Call prepare(cache.max_len) first: nothing here allocates from the host. span: None, the whole cache."""
+    def decode(self, tokens: torch.Tensor, pos: torch.Tensor, cache: KVCache,
+               span: int | None = None) -> torch.Tensor:
+        """The logits after one token per sequence at `pos`, attending over the cache's first `span`
+        positions (None: all). Call prepare(cache.max_len) first: nothing here allocates from the host."""
         step = Step(pos, span or cache.max_len)
         return self.lm_head(self.run(tokens[:, None], cache, step)[:, -1])
 
@@ -345,7 +347,9 @@ def _state_dict(checkpoint: Path, device: str) -> dict:
     from safetensors.torch import load_file
 
     index = checkpoint / "model.safetensors.index.json"
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
+    files = ["model.safetensors"]
+    if index.exists():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
     if not (checkpoint / files[0]).exists():
         raise FileNotFoundError(f"model: no safetensors weights in {checkpoint} (backend=graph reads "
                                 "model.safetensors or model.safetensors.index.json)")
