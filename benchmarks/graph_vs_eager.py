@@ -7,7 +7,8 @@ Sweeps bloom-7b1 and llama-8b (synthetic, bf16) in priority order (SWEEPS below)
 8, 64, 256; graph under profile=true (bloom-7b1, one short generate: 7 graph-replayed steps); accelerate
 backend.compile=true at 1 and 64; accelerate (eager) and ds-inference at 1, 8, 64, 256; then extras
 (graph with a compiled step; graph's own step without the graph). `--only a,b` runs the named sweeps
-(the rest of a budget that ran out, in a second call). Each sweep writes OUT_DIR/<name>/ (result.json
+(the rest of a budget that ran out, in a second call). After the graph sweep, tests/test_graph.py's GPU
+test checks the captured steps on the tiny models (OUT_DIR/gpu-tests.log; not with --only). Each sweep writes OUT_DIR/<name>/ (result.json
 per job, the job logs); a sweep that would run past the budget is stopped (SIGTERM: the runner ends its jobs' process trees) and those after it are
 skipped. Jobs that differ only in batch size share one loaded model (isolate=false). The history goes to
 OUT_DIR/history.sqlite. At the end it prints, and writes to OUT_DIR/summary.md, one row per job: ms per
@@ -45,6 +46,7 @@ SWEEPS = [
     ("graph-no-cuda-graph", ["backend=graph", "backend.cuda_graph=false", MODELS, "batch_size=1,64", "repeats=1"]),
 ]
 MIN_START_S = 30  # a sweep is not started with less left than this
+GPU_TESTS_S = 90  # at most this for the GPU test, run after the graph sweep
 
 
 def run_sweep(name: str, overrides: list, out: Path, cache: str, left_s: float) -> tuple:
@@ -69,6 +71,20 @@ def run_sweep(name: str, overrides: list, out: Path, cache: str, left_s: float) 
     seconds = time.perf_counter() - start
     print(f"   {name}: exit {code} after {seconds:.0f} s", flush=True)
     return code, seconds
+
+
+def run_gpu_tests(out: Path, left_s: float) -> None:
+    """tests/test_graph.py's GPU test (the captured steps against the uncaptured step and transformers on
+    the tiny models), its output in OUT_DIR/gpu-tests.log."""
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_graph.py", "-k", "cuda_graph"]
+    print(f"== gpu-tests: {' '.join(cmd[1:])} (at most {left_s:.0f} s)", flush=True)
+    with open(out / "gpu-tests.log", "w") as log:
+        try:
+            code = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=log,
+                                  stderr=subprocess.STDOUT, timeout=left_s, check=False).returncode
+        except subprocess.TimeoutExpired:
+            code = "timeout"
+    print(f"   gpu-tests: exit {code} ({(out / 'gpu-tests.log').read_text().strip().splitlines()[-1:]})", flush=True)
 
 
 def rows(out: Path) -> list:
@@ -116,6 +132,8 @@ def main() -> None:
             print(f"== {name}: skipped ({left:.0f} s of the budget left)", flush=True)
             continue
         run_sweep(name, overrides, args.out, args.cache_dir, left)
+        if name == "graph" and not args.only:
+            run_gpu_tests(args.out, min(GPU_TESTS_S, deadline - time.perf_counter()))
     summary = table(rows(args.out))
     (args.out / "summary.md").write_text(summary + "\n")
     print(summary)
