@@ -107,6 +107,7 @@ def test_what_graph_does_not_run_is_invalid(tmp_path, cache_dir):
     assert reasons == [("invalid", "dtype=int8"), ("invalid", "offload=cpu")]
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 @pytest.mark.parametrize("model", ["bloom-tiny", "llama-tiny"])
