@@ -1,7 +1,8 @@
 """Minimal decoder-only model code in plain PyTorch for the BLOOM and Llama shapes, with a static KV cache.
 
 The module and parameter names mirror transformers' (BloomForCausalLM, LlamaForCausalLM), so a Hugging
-Face safetensors checkpoint loads by name. Every forward takes one of two shapes:
+Face safetensors checkpoint loads by name (Llama's q/k/v and gate/up projections stacked into one matrix
+each as it loads: fewer, larger matmuls per step). Every forward takes one of two shapes:
   full     the prompt at positions 0..T-1, fresh keys and values (optionally stored in the cache)
   decode   one token per sequence at position `pos` (a one-element device tensor, so shapes never change
            from step to step): its key and value written into the cache at `pos`, attention over the
@@ -233,16 +234,16 @@ class LlamaAttention(nn.Module):
     def __init__(self, hidden: int, heads: int, kv_heads: int, head_dim: int):
         super().__init__()
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
-        self.q_proj = nn.Linear(hidden, heads * head_dim, bias=False)
-        self.k_proj = nn.Linear(hidden, kv_heads * head_dim, bias=False)
-        self.v_proj = nn.Linear(hidden, kv_heads * head_dim, bias=False)
+        # transformers' q_proj, k_proj and v_proj stacked (load() does it): one matmul instead of three
+        self.qkv_proj = nn.Linear(hidden, (heads + 2 * kv_heads) * head_dim, bias=False)
         self.o_proj = nn.Linear(heads * head_dim, hidden, bias=False)
 
     def forward(self, x, cos, sin, bias, cache, layer, step):
         b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
+        q, k, v = self.qkv_proj(x).split([self.heads * self.head_dim] + [self.kv_heads * self.head_dim] * 2, -1)
+        q = q.view(b, t, self.heads, self.head_dim).transpose(1, 2)
+        k = k.view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
         q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
         k, v = store_kv(cache, layer, k, v, step)
         return self.o_proj(attention(q, k, v, bias))
@@ -251,12 +252,13 @@ class LlamaAttention(nn.Module):
 class LlamaMLP(nn.Module):
     def __init__(self, hidden: int, inner: int):
         super().__init__()
-        self.gate_proj = nn.Linear(hidden, inner, bias=False)
-        self.up_proj = nn.Linear(hidden, inner, bias=False)
+        # transformers' gate_proj and up_proj stacked (load() does it)
+        self.gate_up_proj = nn.Linear(hidden, 2 * inner, bias=False)
         self.down_proj = nn.Linear(inner, hidden, bias=False)
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class LlamaBlock(nn.Module):
@@ -369,10 +371,27 @@ def build(config) -> CausalLM:
         return classes[config.model_type](config)
 
 
+# (our stacked weight, transformers' weights in its order) of a Llama layer
+LLAMA_STACKED = (("self_attn.qkv_proj", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+                 ("mlp.gate_up_proj", ("mlp.gate_proj", "mlp.up_proj")))
+
+
+def stack_llama(state: dict) -> dict:
+    """transformers' per-projection Llama weights stacked into ours (qkv_proj, gate_up_proj), in place."""
+    layers = {name.split(".")[2] for name in state if name.startswith("model.layers.")}
+    for i in sorted(layers):
+        for ours, theirs in LLAMA_STACKED:
+            names = [f"model.layers.{i}.{n}.weight" for n in theirs]
+            if all(n in state for n in names):
+                state[f"model.layers.{i}.{ours}.weight"] = torch.cat([state.pop(n) for n in names])
+    return state
+
+
 def load(checkpoint: str, dtype: torch.dtype, device: torch.device) -> CausalLM:
     """The model of a Hugging Face checkpoint directory, its weights read from safetensors straight onto
     `device` in `dtype`. Names as transformers saves them; BLOOM's original checkpoints lack the
-    `transformer.` prefix, and a tied output head is stored once, as the embedding."""
+    `transformer.` prefix, a tied output head is stored once, as the embedding, and Llama's q/k/v and
+    gate/up projections are stacked into one matrix each."""
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(checkpoint)
@@ -380,7 +399,10 @@ def load(checkpoint: str, dtype: torch.dtype, device: torch.device) -> CausalLM:
     expected = {name for name, _ in model.named_parameters()}  # a tied head appears once
     prefix = "transformer." if config.model_type == "bloom" else ""
     state = {}
-    for name, tensor in _state_dict(Path(checkpoint), str(device)).items():
+    tensors = _state_dict(Path(checkpoint), str(device))
+    if config.model_type == "llama":
+        tensors = stack_llama(tensors)
+    for name, tensor in tensors.items():
         name = name if name in expected or not prefix else prefix + name
         if name in expected:
             state[name] = tensor.to(dtype)
