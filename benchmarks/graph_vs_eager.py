@@ -4,9 +4,9 @@ one call of a few minutes. Run from the repository root on a GPU machine:
     python benchmarks/graph_vs_eager.py OUT_DIR [--budget-s 520] [--cache-dir DIR]
 
 Sweeps bloom-7b1 and llama-8b (synthetic, bf16) in priority order (SWEEPS below): graph at batch sizes 1,
-8, 64, 256; graph under profile=true (bloom-7b1, one short generate: 7 graph-replayed steps); accelerate
-backend.compile=true at 1 and 64; accelerate (eager) and ds-inference at 1, 8, 64, 256; then extras
-(graph with a compiled step; graph's own step without the graph). `--only a,b` runs the named sweeps
+8, 64, 256; graph under profile=true (bloom-7b1, one short generate: 7 graph-replayed steps); graph with
+a compiled step at 1; accelerate backend.compile=true at 1 and 64; accelerate (eager) and ds-inference
+at 1, 8, 64, 256; graph's own step without the graph at 1 and 64. `--only a,b` runs the named sweeps
 (the rest of a budget that ran out, in a second call). After the graph sweep, tests/test_graph.py's GPU
 test checks the captured steps on the tiny models (OUT_DIR/gpu-tests.log; not with --only). Each sweep writes OUT_DIR/<name>/ (result.json
 per job, the job logs); a sweep that would run past the budget is stopped (SIGTERM: the runner ends its jobs' process trees) and those after it are
@@ -37,12 +37,12 @@ SWEEPS = [
     ("graph", ["backend=graph", MODELS, BATCHES, "repeats=3"]),
     ("graph-profile", ["backend=graph", "model=bloom-7b1", "batch_size=1", "new_tokens=8", "repeats=1",
                        "profile=true"]),
+    # the fused step: inductor's default mode (max-autotune's GEMM search would take minutes per shape)
+    ("graph-compile-step", ["backend=graph", "backend.compile_step=true", "backend.compile_mode=default", MODELS,
+                            "batch_size=1", "repeats=3"]),
     ("accelerate-compile", ["backend=accelerate", "backend.compile=true", MODELS, "batch_size=1,64", "repeats=2"]),
     ("accelerate", ["backend=accelerate", MODELS, BATCHES, "repeats=1"]),
     ("ds-inference", ["backend=ds-inference", MODELS, BATCHES, "repeats=1"]),
-    # inductor's default mode: max-autotune's GEMM search would take minutes per batch shape
-    ("graph-compile-step", ["backend=graph", "backend.compile_step=true", "backend.compile_mode=default", MODELS,
-                            "batch_size=1", "repeats=3"]),
     ("graph-no-cuda-graph", ["backend=graph", "backend.cuda_graph=false", MODELS, "batch_size=1,64", "repeats=1"]),
 ]
 MIN_START_S = 30  # a sweep is not started with less left than this
