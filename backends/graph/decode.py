@@ -43,7 +43,7 @@ def spans(max_len: int, span_step: int) -> list:
 class StaticDecoder:
     def __init__(self, model: CausalLM, use_graph: bool, compile_mode: str | None, span_step: int = 0):
         self.model, self.use_graph, self.compile_mode = model, use_graph, compile_mode
-        self.span_step = 0 if compile_mode else span_step
+        self.span_step = 0 if compile_mode else span_step  # a compiled step: one span, one compilation
         self.shape = None  # (batch, max_len) of the state and graphs below
         self.state: StepState | None = None
         self.graphs: dict = {}  # span -> its captured step
