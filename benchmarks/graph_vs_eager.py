@@ -3,11 +3,13 @@ one call of a few minutes. Run from the repository root on a GPU machine:
 
     python benchmarks/graph_vs_eager.py OUT_DIR [--budget-s 520] [--cache-dir DIR]
 
-Sweeps bloom-7b1 and llama-8b (synthetic, bf16) at batch sizes 1, 8, 64, 256 in priority order: graph,
-graph under profile=true (one short generate: 7 graph-replayed steps), accelerate (eager), ds-inference,
-accelerate backend.compile=true, then extras (graph with a compiled step; graph's own step without the
-graph). Each sweep writes OUT_DIR/<name>/ (result.json per job, the job logs); a sweep that would run
-past the budget is stopped (SIGTERM: the runner ends its jobs' process trees) and those after it are
+Sweeps bloom-7b1 and llama-8b (synthetic, bf16) in priority order (SWEEPS below): graph at batch sizes 1,
+8, 64, 256; graph under profile=true (bloom-7b1, one short generate: 7 graph-replayed steps); graph with
+a compiled step at 1; accelerate backend.compile=true at 1 and 64; accelerate (eager) and ds-inference
+at 1, 8, 64, 256; graph's own step without the graph at 1 and 64. `--only a,b` runs the named sweeps
+(the rest of a budget that ran out, in a second call). After the graph sweep, tests/test_graph.py's GPU
+test checks the captured steps on the tiny models (OUT_DIR/gpu-tests.log; not with --only). Each sweep writes OUT_DIR/<name>/ (result.json
+per job, the job logs); a sweep that would run past the budget is stopped (SIGTERM: the runner ends its jobs' process trees) and those after it are
 skipped. Jobs that differ only in batch size share one loaded model (isolate=false). The history goes to
 OUT_DIR/history.sqlite. At the end it prints, and writes to OUT_DIR/summary.md, one row per job: ms per
 token, decode ms per step, the decode floor of the roofline and the step's multiple of it (the goal of
@@ -28,19 +30,23 @@ MODELS = "model=bloom-7b1,llama-8b"
 BATCHES = "batch_size=1,8,64,256"
 COMMON = ["dtype=bf16", "num_gpus=1", "isolate=false", "timeout_s=300"]
 
-# (sweep name, overrides), most wanted first
+# (sweep name, overrides), most wanted first. Every sweep starts one worker per model (about 30 s of
+# imports on the H200 before anything loads), so the eager paths run one timed repeat and the compiled
+# path (minutes of compilation per batch shape) two batch sizes.
 SWEEPS = [
     ("graph", ["backend=graph", MODELS, BATCHES, "repeats=3"]),
-    ("graph-profile", ["backend=graph", MODELS, "batch_size=1", "new_tokens=8", "repeats=1", "profile=true"]),
-    ("accelerate", ["backend=accelerate", MODELS, BATCHES, "repeats=2"]),
-    ("ds-inference", ["backend=ds-inference", MODELS, BATCHES, "repeats=2"]),
-    ("accelerate-compile", ["backend=accelerate", "backend.compile=true", MODELS, BATCHES, "repeats=2"]),
-    # inductor's default mode: max-autotune's GEMM search would take minutes per batch shape
+    ("graph-profile", ["backend=graph", "model=bloom-7b1", "batch_size=1", "new_tokens=8", "repeats=1",
+                       "profile=true"]),
+    # the fused step: inductor's default mode (max-autotune's GEMM search would take minutes per shape)
     ("graph-compile-step", ["backend=graph", "backend.compile_step=true", "backend.compile_mode=default", MODELS,
                             "batch_size=1", "repeats=3"]),
-    ("graph-no-cuda-graph", ["backend=graph", "backend.cuda_graph=false", MODELS, "batch_size=1,64", "repeats=2"]),
+    ("accelerate-compile", ["backend=accelerate", "backend.compile=true", MODELS, "batch_size=1,64", "repeats=2"]),
+    ("accelerate", ["backend=accelerate", MODELS, BATCHES, "repeats=1"]),
+    ("ds-inference", ["backend=ds-inference", MODELS, BATCHES, "repeats=1"]),
+    ("graph-no-cuda-graph", ["backend=graph", "backend.cuda_graph=false", MODELS, "batch_size=1,64", "repeats=1"]),
 ]
 MIN_START_S = 30  # a sweep is not started with less left than this
+GPU_TESTS_S = 90  # at most this for the GPU test, run after the graph sweep
 
 
 def run_sweep(name: str, overrides: list, out: Path, cache: str, left_s: float) -> tuple:
@@ -65,6 +71,20 @@ def run_sweep(name: str, overrides: list, out: Path, cache: str, left_s: float) 
     seconds = time.perf_counter() - start
     print(f"   {name}: exit {code} after {seconds:.0f} s", flush=True)
     return code, seconds
+
+
+def run_gpu_tests(out: Path, left_s: float) -> None:
+    """tests/test_graph.py's GPU test (the captured steps against the uncaptured step and transformers on
+    the tiny models), its output in OUT_DIR/gpu-tests.log."""
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_graph.py", "-k", "cuda_graph"]
+    print(f"== gpu-tests: {' '.join(cmd[1:])} (at most {left_s:.0f} s)", flush=True)
+    with open(out / "gpu-tests.log", "w") as log:
+        try:
+            code = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=log,
+                                  stderr=subprocess.STDOUT, timeout=left_s, check=False).returncode
+        except subprocess.TimeoutExpired:
+            code = "timeout"
+    print(f"   gpu-tests: exit {code} ({(out / 'gpu-tests.log').read_text().strip().splitlines()[-1:]})", flush=True)
 
 
 def rows(out: Path) -> list:
@@ -112,6 +132,8 @@ def main() -> None:
             print(f"== {name}: skipped ({left:.0f} s of the budget left)", flush=True)
             continue
         run_sweep(name, overrides, args.out, args.cache_dir, left)
+        if name == "graph" and not args.only:
+            run_gpu_tests(args.out, min(GPU_TESTS_S, deadline - time.perf_counter()))
     summary = table(rows(args.out))
     (args.out / "summary.md").write_text(summary + "\n")
     print(summary)

@@ -60,12 +60,14 @@ def test_prefill_and_decode_steps_match_transformers(model, dtype, cache_dir):
     assert torch.equal(got.argmax(-1)[clear], expected[:, :-1].argmax(-1)[clear])
 
 
+@pytest.mark.parametrize("span_step", [0, 3])
 @pytest.mark.parametrize("model", ["bloom-tiny", "llama-tiny"])
-def test_generate_is_transformers_greedy_generate(model, cache_dir):
+def test_generate_is_transformers_greedy_generate(model, span_step, cache_dir):
     """fp32: the same tokens as transformers' greedy generate (min_new_tokens = new_tokens), shape
-    [batch, prompt + new_tokens]; one decoder over changing batch shapes and a prefill-only generate."""
+    [batch, prompt + new_tokens], whether a step attends over the whole cache or over growing spans of
+    it; one decoder over changing batch shapes and a prefill-only generate."""
     ours, hf = both(model, "fp32", cache_dir)
-    decoder = StaticDecoder(ours, use_graph=False, compile_mode=None)
+    decoder = StaticDecoder(ours, use_graph=False, compile_mode=None, span_step=span_step)
     for batch, prompt, new in [(2, 5, 7), (3, 4, 5), (2, 5, 7), (2, 5, 1)]:
         x = ids((batch, prompt), batch)
         with torch.no_grad():
@@ -103,3 +105,30 @@ def test_what_graph_does_not_run_is_invalid(tmp_path, cache_dir):
     assert proc.returncode == 3, proc.stderr[-2000:]
     reasons = [(r["status"], r["reason"].split(":")[0]) for r in results(tmp_path)]
     assert reasons == [("invalid", "dtype=int8"), ("invalid", "offload=cpu")]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("model", ["bloom-tiny", "llama-tiny"])
+def test_cuda_graph_replays_generate_what_the_uncaptured_step_does(model, dtype, cache_dir):
+    """On a GPU: the captured steps (a graph per span) choose exactly the tokens of the same step run op
+    by op, over changing batch shapes and back (each shape captured afresh), and in fp32 the tokens of
+    transformers' greedy generate."""
+    path, torch_dtype, gpu = checkpoint(model, dtype, cache_dir), TORCH_DTYPE[dtype], torch.device("cuda:0")
+    ours = load(path, torch_dtype, gpu)
+    graphed = StaticDecoder(ours, use_graph=True, compile_mode=None, span_step=3)
+    eager = StaticDecoder(ours, use_graph=False, compile_mode=None, span_step=3)
+    hf = AutoModelForCausalLM.from_pretrained(path, **dtype_kwargs(torch_dtype)).eval().to(gpu)
+    for batch, prompt, new in [(2, 5, 9), (3, 4, 6), (2, 5, 9)]:
+        x = ids((batch, prompt), batch).to(gpu)
+        with torch.no_grad():
+            out = graphed.generate(x, new)
+            assert graphed.timings["graphs"] == len(range(3, prompt + new, 3)) + 1
+            assert graphed.timings["graph_check"] == "replays identical to the uncaptured step"
+            assert torch.equal(out, graphed.generate(x, new))  # a second generate replays the same graphs
+            assert torch.equal(out, eager.generate(x, new))
+            if dtype == "fp32":
+                expected = hf.generate(input_ids=x, attention_mask=torch.ones_like(x), do_sample=False,
+                                       max_new_tokens=new, min_new_tokens=new, pad_token_id=hf.config.pad_token_id)
+                assert torch.equal(out, expected)

@@ -29,10 +29,10 @@ class GraphBackend:
         self.model = load(self.checkpoint, dtype, device).requires_grad_(False)
         use_graph = device.type == "cuda" and backend["cuda_graph"]
         compile_mode = backend["compile_mode"] if backend["compile_step"] else None
-        self.decoder = StaticDecoder(self.model, use_graph, compile_mode)
+        self.decoder = StaticDecoder(self.model, use_graph, compile_mode, backend["span_step"])
         self.info = {"arch": self.model.config.model_type, "dtype": str(dtype), "device": str(device),
                      "cuda_graph": use_graph, "compile_step": bool(backend["compile_step"]),
-                     "compile_mode": compile_mode}
+                     "compile_mode": compile_mode, "span_step": self.decoder.span_step}
 
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, new_tokens: int,
                  streamer=None) -> torch.Tensor:

@@ -1,12 +1,18 @@
-"""Greedy generation with a static KV cache and one decode step replayed as a CUDA graph.
+"""Greedy generation with a static KV cache and the decode step replayed as CUDA graphs.
 
-For a batch shape (batch, prompt + new tokens) the decoder allocates once: the KV cache, the step's
-input token per sequence, its position (a one-element device tensor) and the output ids [batch,
+For a batch shape (batch, prompt + new tokens = max_len) the decoder allocates once: the KV cache, the
+step's input token per sequence, its position (a one-element device tensor) and the output ids [batch,
 max_len]. The step reads them and writes them in place: the token's key and value into the cache at
 `pos`, the argmax of the logits into the input token and into the output ids at pos + 1, then pos + 1.
 Nothing in it waits on the host, so on a GPU it is captured once (after warm-up steps on a side stream)
-and each decode step is one graph replay; on the CPU the same step runs eagerly. Optionally the step is
-torch.compile'd before capture (inductor without its own CUDA graphs: this module captures).
+and each decode step is one graph replay; on the CPU the same step runs eagerly.
+
+Attention reads the cache in spans: a step at position t attends over the first `span` positions, the
+smallest multiple of `span_step` above t (or max_len), so that a step reads about the keys and values
+it needs, not the whole preallocated cache. One graph per span, captured in increasing order into one
+memory pool and replayed in that order. Optionally the step is torch.compile'd before capture (inductor
+without its own CUDA graphs: this module captures); a compiled step attends over the whole cache (one
+span: one compilation per batch shape).
 """
 import time
 from dataclasses import dataclass
@@ -28,18 +34,25 @@ class StepState:
     tables: tuple            # the model's position tables the step reads (held: a graph keeps no reference)
 
 
-class StaticDecoder:
-    def __init__(self, model: CausalLM, use_graph: bool, compile_mode: str | None):
-        self.model, self.use_graph, self.compile_mode = model, use_graph, compile_mode
-        self.shape = None  # (batch, max_len) of the state and graph below
-        self.state: StepState | None = None
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.step_fn = self._compiled() if compile_mode else self.step
-        self.timings: dict = {}  # compile_s, capture_s of the current shape
+def spans(max_len: int, span_step: int) -> list:
+    """The attention spans of a cache of `max_len` positions: every multiple of span_step below max_len,
+    then max_len (span_step 0: the whole cache only)."""
+    return (list(range(span_step, max_len, span_step)) if span_step > 0 else []) + [max_len]
 
-    def step(self, state: StepState) -> torch.Tensor:
+
+class StaticDecoder:
+    def __init__(self, model: CausalLM, use_graph: bool, compile_mode: str | None, span_step: int = 0):
+        self.model, self.use_graph, self.compile_mode = model, use_graph, compile_mode
+        self.span_step = 0 if compile_mode else span_step  # a compiled step: one span, one compilation
+        self.shape = None  # (batch, max_len) of the state and graphs below
+        self.state: StepState | None = None
+        self.graphs: dict = {}  # span -> its captured step
+        self.step_fn = self._compiled() if compile_mode else self.step
+        self.timings: dict = {}  # compile_s, capture_s, ... of the current shape
+
+    def step(self, state: StepState, span: int) -> torch.Tensor:
         """One decode step for the whole batch, entirely on the device; returns the step's logits."""
-        logits = self.model.decode(state.tokens, state.pos, state.cache)
+        logits = self.model.decode(state.tokens, state.pos, state.cache, span)
         chosen = torch.argmax(logits, dim=-1)
         state.tokens.copy_(chosen)
         state.generated[:, state.pos + 1] = chosen[:, None]
@@ -57,53 +70,59 @@ class StaticDecoder:
                          generated=torch.zeros(batch, max_len, dtype=torch.long, device=device),
                          tables=m.tables())
 
-    def _warm_up(self, state: StepState) -> None:
+    def _warm_up(self, state: StepState, span: int) -> None:
         """Steps at position 0 (what they write is overwritten by the prefill or masked): lazy
         initialisation, and the compilation when the step is compiled (its time is compile_s)."""
         for _ in range(WARMUP_STEPS):
             state.pos.zero_()
-            self.step_fn(state)
+            self.step_fn(state, span)
 
-    def _capture(self, state: StepState) -> torch.cuda.CUDAGraph:
+    def _capture(self, state: StepState) -> dict:
+        """{span: graph} for every span of the state's cache, sharing one memory pool."""
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             start = time.perf_counter()
-            self._warm_up(state)
+            for span in spans(state.cache.max_len, self.span_step):
+                self._warm_up(state, span)
             torch.cuda.synchronize()
             self.timings["warmup_steps_s"] = time.perf_counter() - start
         torch.cuda.current_stream().wait_stream(side)
-        state.pos.zero_()
-        graph = torch.cuda.CUDAGraph()
+        graphs, pool = {}, None
         start = time.perf_counter()
-        try:
-            with torch.cuda.graph(graph):
-                self.step_fn(state)
-        except torch.cuda.OutOfMemoryError:
-            raise
-        except RuntimeError as exc:
-            raise RuntimeError(f"backend=graph: capturing the decode step as a CUDA graph failed ({exc}); "
-                               "backend.cuda_graph=false runs the same step uncaptured") from exc
+        for span in spans(state.cache.max_len, self.span_step):
+            state.pos.zero_()
+            graph = torch.cuda.CUDAGraph()
+            try:
+                with torch.cuda.graph(graph, pool=pool):
+                    self.step_fn(state, span)
+            except torch.cuda.OutOfMemoryError:
+                raise
+            except RuntimeError as exc:
+                raise RuntimeError(f"backend=graph: capturing the decode step as a CUDA graph failed ({exc}); "
+                                   "backend.cuda_graph=false runs the same step uncaptured") from exc
+            graphs[span], pool = graph, graph.pool()
         torch.cuda.synchronize()
         self.timings["capture_s"] = time.perf_counter() - start
-        return graph
+        self.timings["graphs"] = len(graphs)
+        return graphs
 
     def _ready(self, batch: int, max_len: int, device: torch.device) -> StepState:
-        """The state (and graph) for this shape: kept from the previous generate, or made now (the one
-        before is freed first: a session measures batch size after batch size in one process)."""
+        """The state (and graphs) for this shape: kept from the previous generate, or made now (those
+        before are freed first: a session measures batch size after batch size in one process)."""
         if self.shape == (batch, max_len):
             return self.state
-        self.state = self.graph = self.shape = None
+        self.state, self.graphs, self.shape = None, {}, None
         if device.type == "cuda":
             torch.cuda.empty_cache()
         self.timings = {}
         self.model.prepare(max_len)
         state = self._allocate(batch, max_len, device)
         if self.use_graph:
-            self.graph = self._capture(state)
+            self.graphs = self._capture(state)
         elif self.compile_mode:
             start = time.perf_counter()
-            self._warm_up(state)
+            self._warm_up(state, max_len)
             self.timings["warmup_steps_s"] = time.perf_counter() - start
         # compiling happens in the first warm-up step: the warm-up's time is the compile's
         self.timings["compile_s"] = self.timings.get("warmup_steps_s") if self.compile_mode else None
@@ -112,7 +131,7 @@ class StaticDecoder:
 
     def generate(self, input_ids: torch.Tensor, new_tokens: int, streamer=None) -> torch.Tensor:
         """[batch, prompt + new_tokens]: the prompt, then exactly `new_tokens` greedy tokens. The first
-        generate of a captured shape is decoded a second time without the graph, the same step launched
+        generate of a captured shape is decoded a second time without the graphs, the same step launched
         op by op: `timings["graph_check"]` says whether the replays chose the same tokens. `streamer`
         (transformers' protocol: put the prompt, then each step's tokens, then end) is told of every step."""
         batch, prompt = input_ids.shape
@@ -125,11 +144,12 @@ class StaticDecoder:
             return torch.cat([input_ids, chosen[:, None]], dim=1)
         fresh = self.shape != (batch, prompt + new_tokens)
         state = self._ready(batch, prompt + new_tokens, input_ids.device)
-        out = self._decode(state, input_ids, new_tokens, replay=self.graph is not None, streamer=streamer)
-        if fresh and self.graph is not None:
+        out = self._decode(state, input_ids, new_tokens, replay=bool(self.graphs), streamer=streamer)
+        if fresh and self.graphs:
             differ = int((self._decode(state, input_ids, new_tokens, replay=False) != out).sum())
-            self.timings["graph_check"] = ("replays identical to the uncaptured step" if differ == 0 else
-                                           f"{differ} of {batch * new_tokens} tokens differ from the uncaptured step")
+            self.timings["graph_check"] = (
+                "replays identical to the uncaptured step" if differ == 0
+                else f"{differ} of {batch * new_tokens} tokens differ from the uncaptured step")
         return out
 
     def _decode(self, state: StepState, input_ids: torch.Tensor, new_tokens: int, replay: bool,
@@ -144,11 +164,13 @@ class StaticDecoder:
         state.pos.fill_(prompt)
         if streamer is not None:
             streamer.put(state.tokens[:, None])
-        for _ in range(new_tokens - 1):
+        all_spans = spans(state.cache.max_len, self.span_step)
+        for t in range(prompt, prompt + new_tokens - 1):  # the position of the step's input token
+            span = next(s for s in all_spans if s > t)
             if replay:
-                self.graph.replay()
+                self.graphs[span].replay()
             else:
-                self.step_fn(state)
+                self.step_fn(state, span)
             if streamer is not None:
                 streamer.put(state.tokens[:, None])
         if streamer is not None:

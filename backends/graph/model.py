@@ -1,11 +1,12 @@
 """Minimal decoder-only model code in plain PyTorch for the BLOOM and Llama shapes, with a static KV cache.
 
 The module and parameter names mirror transformers' (BloomForCausalLM, LlamaForCausalLM), so a Hugging
-Face safetensors checkpoint loads by name. Every forward takes one of two shapes:
+Face safetensors checkpoint loads by name (Llama's q/k/v and gate/up projections stacked into one matrix
+each as it loads: fewer, larger matmuls per step). Every forward takes one of two shapes:
   full     the prompt at positions 0..T-1, fresh keys and values (optionally stored in the cache)
   decode   one token per sequence at position `pos` (a one-element device tensor, so shapes never change
            from step to step): its key and value written into the cache at `pos`, attention over the
-           whole cache with the positions after `pos` masked out
+           cache's first `span` positions (a Python int, pos < span) with those after `pos` masked out
 Attention is computed as transformers' eager attention does (scores, fp32 softmax, weighted values),
 grouped-query attention without copying the cache (query heads grouped under their key/value head).
 """
@@ -19,6 +20,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from backends.graph.spec import ARCHS
+
+
+@dataclass
+class Step:
+    """Where a decode step is: the position of its tokens (device tensor [1]) and the cache positions
+    its attention reads (the first `span`)."""
+    pos: torch.Tensor
+    span: int
 
 
 @dataclass
@@ -55,24 +64,25 @@ def causal_mask(t: int, device: torch.device) -> torch.Tensor:
     return torch.full((t, t), float("-inf"), device=device).triu(1)
 
 
-def step_mask(max_len: int, pos: torch.Tensor) -> torch.Tensor:
-    """[max_len] fp32: 0 for the cache positions up to `pos`, -inf after (stale or empty entries)."""
-    positions = torch.arange(max_len, device=pos.device)
-    return torch.zeros(max_len, device=pos.device).masked_fill(positions > pos, float("-inf"))
+def step_mask(step: Step) -> torch.Tensor:
+    """[span] fp32: 0 for the cache positions up to the step's, -inf after (stale or empty entries)."""
+    positions = torch.arange(step.span, device=step.pos.device)
+    return torch.zeros(step.span, device=step.pos.device).masked_fill(positions > step.pos, float("-inf"))
 
 
 def store_kv(cache: KVCache | None, layer: int, k: torch.Tensor, v: torch.Tensor,
-             pos: torch.Tensor | None) -> tuple:
+             step: Step | None) -> tuple:
     """The keys and values a layer attends over: the fresh ones (full; copied into the cache's first
-    positions when there is one), or the whole cache after writing this token's at `pos` (decode)."""
-    if pos is None:
+    positions when there is one), or the cache's first `span` positions after writing this token's at
+    `pos` (decode)."""
+    if step is None:
         if cache is not None:
             cache.k[layer][:, :, :k.shape[2]] = k
             cache.v[layer][:, :, :v.shape[2]] = v
         return k, v
-    cache.k[layer][:, :, pos] = k
-    cache.v[layer][:, :, pos] = v
-    return cache.k[layer], cache.v[layer]
+    cache.k[layer][:, :, step.pos] = k
+    cache.v[layer][:, :, step.pos] = v
+    return cache.k[layer][:, :, :step.span], cache.v[layer][:, :, :step.span]
 
 
 def alibi_slopes(heads: int) -> torch.Tensor:
@@ -89,7 +99,7 @@ def alibi_slopes(heads: int) -> torch.Tensor:
 class CausalLM(nn.Module):
     """What both architectures offer the decoder: forward (every position's logits, as a transformers
     model's), prefill (the last position's logits, the cache filled) and decode (one token at `pos`).
-    A subclass has `run(ids, cache, pos) -> final hidden states`, `lm_head` and `prepare(max_len)`."""
+    A subclass has `run(ids, cache, step) -> final hidden states`, `lm_head` and `prepare(max_len)`."""
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> Output:
         self.prepare(input_ids.shape[1])
@@ -103,9 +113,12 @@ class CausalLM(nn.Module):
         """The position tables prepare() built (what a decode step reads besides weights and cache)."""
         raise NotImplementedError
 
-    def decode(self, tokens: torch.Tensor, pos: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """Call prepare(cache.max_len) first: nothing here allocates from the host."""
-        return self.lm_head(self.run(tokens[:, None], cache, pos)[:, -1])
+    def decode(self, tokens: torch.Tensor, pos: torch.Tensor, cache: KVCache,
+               span: int | None = None) -> torch.Tensor:
+        """The logits after one token per sequence at `pos`, attending over the cache's first `span`
+        positions (None: all). Call prepare(cache.max_len) first: nothing here allocates from the host."""
+        step = Step(pos, span or cache.max_len)
+        return self.lm_head(self.run(tokens[:, None], cache, step)[:, -1])
 
 
 class BloomAttention(nn.Module):
@@ -115,12 +128,12 @@ class BloomAttention(nn.Module):
         self.query_key_value = nn.Linear(hidden, 3 * hidden)
         self.dense = nn.Linear(hidden, hidden)
 
-    def forward(self, x, bias, cache, layer, pos):
+    def forward(self, x, bias, cache, layer, step):
         b, t, _ = x.shape
         # the fused projection holds each head's [q, k, v] together
         qkv = self.query_key_value(x).view(b, t, self.heads, 3, self.head_dim)
         q, k, v = (qkv[..., i, :].transpose(1, 2) for i in range(3))
-        k, v = store_kv(cache, layer, k, v, pos)
+        k, v = store_kv(cache, layer, k, v, step)
         return self.dense(attention(q, k, v, bias))
 
 
@@ -143,8 +156,8 @@ class BloomBlock(nn.Module):
         self.post_attention_layernorm = nn.LayerNorm(hidden, eps=eps)
         self.mlp = BloomMLP(hidden)
 
-    def forward(self, x, bias, cache, layer, pos):
-        x = x + self.self_attention(self.input_layernorm(x), bias, cache, layer, pos)
+    def forward(self, x, bias, cache, layer, step):
+        x = x + self.self_attention(self.input_layernorm(x), bias, cache, layer, step)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -188,16 +201,16 @@ class Bloom(CausalLM):
     def tables(self) -> tuple:
         return (self.alibi,)
 
-    def run(self, ids: torch.Tensor, cache: KVCache | None, pos: torch.Tensor | None) -> torch.Tensor:
+    def run(self, ids: torch.Tensor, cache: KVCache | None, step: Step | None) -> torch.Tensor:
         t = ids.shape[1]
-        if pos is None:
+        if step is None:
             bias = self.alibi[..., :t] + causal_mask(t, ids.device)
         else:
-            bias = self.alibi[..., :cache.max_len] + step_mask(cache.max_len, pos)
+            bias = self.alibi[..., :step.span] + step_mask(step)
         tr = self.transformer
         x = tr.word_embeddings_layernorm(tr.word_embeddings(ids))
         for i, block in enumerate(tr.h):
-            x = block(x, bias, cache, i, pos)
+            x = block(x, bias, cache, i, step)
         return tr.ln_f(x)
 
 
@@ -221,30 +234,31 @@ class LlamaAttention(nn.Module):
     def __init__(self, hidden: int, heads: int, kv_heads: int, head_dim: int):
         super().__init__()
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
-        self.q_proj = nn.Linear(hidden, heads * head_dim, bias=False)
-        self.k_proj = nn.Linear(hidden, kv_heads * head_dim, bias=False)
-        self.v_proj = nn.Linear(hidden, kv_heads * head_dim, bias=False)
+        # transformers' q_proj, k_proj and v_proj stacked (load() does it): one matmul instead of three
+        self.qkv_proj = nn.Linear(hidden, (heads + 2 * kv_heads) * head_dim, bias=False)
         self.o_proj = nn.Linear(heads * head_dim, hidden, bias=False)
 
-    def forward(self, x, cos, sin, bias, cache, layer, pos):
+    def forward(self, x, cos, sin, bias, cache, layer, step):
         b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
+        q, k, v = self.qkv_proj(x).split([self.heads * self.head_dim] + [self.kv_heads * self.head_dim] * 2, -1)
+        q = q.view(b, t, self.heads, self.head_dim).transpose(1, 2)
+        k = k.view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
         q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
-        k, v = store_kv(cache, layer, k, v, pos)
+        k, v = store_kv(cache, layer, k, v, step)
         return self.o_proj(attention(q, k, v, bias))
 
 
 class LlamaMLP(nn.Module):
     def __init__(self, hidden: int, inner: int):
         super().__init__()
-        self.gate_proj = nn.Linear(hidden, inner, bias=False)
-        self.up_proj = nn.Linear(hidden, inner, bias=False)
+        # transformers' gate_proj and up_proj stacked (load() does it)
+        self.gate_up_proj = nn.Linear(hidden, 2 * inner, bias=False)
         self.down_proj = nn.Linear(inner, hidden, bias=False)
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class LlamaBlock(nn.Module):
@@ -256,8 +270,8 @@ class LlamaBlock(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = LlamaMLP(config.hidden_size, config.intermediate_size)
 
-    def forward(self, x, cos, sin, bias, cache, layer, pos):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, bias, cache, layer, pos)
+    def forward(self, x, cos, sin, bias, cache, layer, step):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, bias, cache, layer, step)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -316,16 +330,16 @@ class Llama(CausalLM):
     def tables(self) -> tuple:
         return self.rope
 
-    def run(self, ids: torch.Tensor, cache: KVCache | None, pos: torch.Tensor | None) -> torch.Tensor:
+    def run(self, ids: torch.Tensor, cache: KVCache | None, step: Step | None) -> torch.Tensor:
         t = ids.shape[1]
         x = self.model.embed_tokens(ids)
         cos, sin = self.rope
-        if pos is None:
+        if step is None:
             cos, sin, bias = cos[:t], sin[:t], causal_mask(t, ids.device)
         else:
-            cos, sin, bias = cos[pos], sin[pos], step_mask(cache.max_len, pos)
+            cos, sin, bias = cos[step.pos], sin[step.pos], step_mask(step)
         for i, layer in enumerate(self.model.layers):
-            x = layer(x, cos, sin, bias, cache, i, pos)
+            x = layer(x, cos, sin, bias, cache, i, step)
         return self.model.norm(x)
 
 
@@ -335,7 +349,9 @@ def _state_dict(checkpoint: Path, device: str) -> dict:
     from safetensors.torch import load_file
 
     index = checkpoint / "model.safetensors.index.json"
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
+    files = ["model.safetensors"]
+    if index.exists():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
     if not (checkpoint / files[0]).exists():
         raise FileNotFoundError(f"model: no safetensors weights in {checkpoint} (backend=graph reads "
                                 "model.safetensors or model.safetensors.index.json)")
@@ -355,10 +371,27 @@ def build(config) -> CausalLM:
         return classes[config.model_type](config)
 
 
+# (our stacked weight, transformers' weights in its order) of a Llama layer
+LLAMA_STACKED = (("self_attn.qkv_proj", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+                 ("mlp.gate_up_proj", ("mlp.gate_proj", "mlp.up_proj")))
+
+
+def stack_llama(state: dict) -> dict:
+    """transformers' per-projection Llama weights stacked into ours (qkv_proj, gate_up_proj), in place."""
+    layers = {name.split(".")[2] for name in state if name.startswith("model.layers.")}
+    for i in sorted(layers):
+        for ours, theirs in LLAMA_STACKED:
+            names = [f"model.layers.{i}.{n}.weight" for n in theirs]
+            if all(n in state for n in names):
+                state[f"model.layers.{i}.{ours}.weight"] = torch.cat([state.pop(n) for n in names])
+    return state
+
+
 def load(checkpoint: str, dtype: torch.dtype, device: torch.device) -> CausalLM:
     """The model of a Hugging Face checkpoint directory, its weights read from safetensors straight onto
     `device` in `dtype`. Names as transformers saves them; BLOOM's original checkpoints lack the
-    `transformer.` prefix, and a tied output head is stored once, as the embedding."""
+    `transformer.` prefix, a tied output head is stored once, as the embedding, and Llama's q/k/v and
+    gate/up projections are stacked into one matrix each."""
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(checkpoint)
@@ -366,7 +399,10 @@ def load(checkpoint: str, dtype: torch.dtype, device: torch.device) -> CausalLM:
     expected = {name for name, _ in model.named_parameters()}  # a tied head appears once
     prefix = "transformer." if config.model_type == "bloom" else ""
     state = {}
-    for name, tensor in _state_dict(Path(checkpoint), str(device)).items():
+    tensors = _state_dict(Path(checkpoint), str(device))
+    if config.model_type == "llama":
+        tensors = stack_llama(tensors)
+    for name, tensor in tensors.items():
         name = name if name in expected or not prefix else prefix + name
         if name in expected:
             state[name] = tensor.to(dtype)

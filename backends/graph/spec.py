@@ -21,6 +21,10 @@ class GraphConfig:
     # generate of each batch shape pays the compilation (backend_info compile_s).
     compile_step: bool = False
     compile_mode: str = "max-autotune-no-cudagraphs"
+    # A decode step at position t attends over the cache's first multiple of span_step above t (a graph
+    # per span), so it reads about the keys and values it needs; 0: the whole preallocated cache every
+    # step. A compiled step always reads the whole cache (one compilation per batch shape).
+    span_step: int = 32
 
 
 def validate(config: dict, stack: Stack) -> str | None:
@@ -34,6 +38,8 @@ def validate(config: dict, stack: Stack) -> str | None:
     arch = model_type(config)
     if arch is not None and arch not in ARCHS:
         return f"model_type={arch}: backend=graph has model code for {', '.join(ARCHS)} only"
+    if backend["span_step"] < 0:
+        return f"backend.span_step={backend['span_step']}: allowed: 0 (the whole cache) or a positive int"
     if backend["compile_mode"] not in COMPILE_MODES:
         return f"backend.compile_mode={backend['compile_mode']}: allowed: {', '.join(COMPILE_MODES)}"
     return None
@@ -54,7 +60,9 @@ SPEC = BackendSpec(
         "compile_step": "backend.compile_step as asked",
         "compile_mode": "the inductor mode of a compiled step",
         "compile_s": "seconds of the compiled step's warm-up (its compilation), per batch shape",
-        "capture_s": "seconds to capture the decode step's CUDA graph, per batch shape",
+        "capture_s": "seconds to capture the decode step's CUDA graphs (one per span), per batch shape",
+        "graphs": "CUDA graphs captured for the batch shape (one per attention span)",
+        "span_step": "the attention span's granularity in positions (0: the whole cache)",
         "warmup_steps_s": "seconds of the decode steps run before capture",
         "graph_check": "whether the first generate's graph replays chose the same tokens as the uncaptured "
                        "step (that second decode is part of warmup_s)",
