@@ -78,7 +78,8 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 SchedulerType=sched/backfill
 MpiDefault=none
-ReturnToService=2
+# a node set down by scontrol (state=down) stays down until state=resume, as on a real site
+ReturnToService=1
 SlurmdParameters=config_overrides
 # quick turn-around: a cancelled or timed-out job's processes get 5 s after SIGTERM
 KillWait=5
@@ -89,7 +90,6 @@ AccountingStorageHost=localhost
 AccountingStoragePort=$DBD_PORT
 # the munge socket of the connection to slurmdbd (AuthInfo is not used for it)
 AccountingStoragePass=$DIR/munge/munge.socket
-JobRequeue=1
 EOF
     for i in "${!NODES[@]}"; do
         echo "NodeName=${NODES[$i]} NodeHostname=localhost NodeAddr=127.0.0.1 Port=${NODE_PORTS[$i]}" \
@@ -152,7 +152,7 @@ start_slurm() {
         wait_for "slurmdbd" 60 timeout 10 sacctmgr -n list cluster
     fi
     sacctmgr -n list cluster format=cluster | grep -qw infersweep || sacctmgr -i add cluster infersweep >/dev/null
-    running slurmctld || slurmctld
+    if running slurmctld; then scontrol reconfigure; else slurmctld; fi
     wait_for "slurmctld" 60 timeout 10 scontrol ping
     for node in "${NODES[@]}"; do
         running "slurmd-$node" || slurmd -N "$node"
