@@ -220,6 +220,18 @@ class Result:
 IDENTITY = ("run_id", "job", "timestamp", "config", "status", "reason", "log")
 
 
+def scheduler(environ: dict = os.environ) -> dict | None:
+    """Where a batch scheduler ran the job, for a result's `env.scheduler`: SLURM's job id (an array's own id,
+    as squeue and sacct show it: `<job_id>_<array_task_id>`), the array task, the node list and how often
+    SLURM requeued the job; None outside SLURM."""
+    if not environ.get("SLURM_JOB_ID"):
+        return None
+    task, restarts = environ.get("SLURM_ARRAY_TASK_ID"), environ.get("SLURM_RESTART_COUNT")
+    return {"name": "slurm", "job_id": environ.get("SLURM_ARRAY_JOB_ID") or environ["SLURM_JOB_ID"],
+            "array_task_id": int(task) if task else None, "nodelist": environ.get("SLURM_JOB_NODELIST"),
+            "restart_count": int(restarts) if restarts else 0}
+
+
 def new_result(job: Job, status: str, reason: str = "", **fields: Any) -> Result:
     """A result for `job`, with `fields` added."""
     if status not in STATUSES:

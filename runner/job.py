@@ -30,6 +30,7 @@ from core.jobdir import (
     read_lease,
     read_result,
     read_sweep,
+    scheduler,
     set_aside,
     write_attempt,
     write_job,
@@ -265,6 +266,7 @@ def _run_job_phases(config: dict, job_dir: Path, starts: dict) -> Result:
     record_phases(result, starts)
     result = add_round(previous, result, config["round"], began)
     result.fields["invocation"] = invocation  # which run of the sweep wrote it (rounds build on their own run's)
+    result.fields.setdefault("env", {})["scheduler"] = scheduler()  # this runner's SLURM job, or None
     write_result(job_dir, result)
     progress.done(result)
     return result

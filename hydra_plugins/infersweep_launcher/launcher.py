@@ -19,6 +19,7 @@ pickled Hydra job, same `.submitit/` folder under the sweep dir) with three chan
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -86,6 +87,18 @@ def sbatch_script(params: dict, jobs: int = 1) -> str:
 
 if BaseSubmititLauncher is not None:
     class _PerJobLauncher(BaseSubmititLauncher):
+        def __call__(self, *args, **kwargs) -> JobReturn:
+            """The job, in its own process. SLURM ends a job with SIGTERM (scancel, scontrol requeue, a node set
+            down, preemption, the time limit), which submitit only logs: here it stops the runner as Ctrl-C
+            does (the job's processes ended, no result written), so that a requeued job runs again from
+            scratch and a killed one is named by SLURM's state. submitit's SIGUSR2 (sent before the time
+            limit, for its own checkpoint-and-requeue) would raise in the middle of a measurement: ignored."""
+            from runner.launch import install_signal_handlers
+
+            install_signal_handlers()
+            signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+            return super().__call__(*args, **kwargs)
+
         def _jobs(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list:
             """(index, overrides, launcher params, job dir, job config) for every job of the batch."""
             jobs = []
@@ -164,10 +177,21 @@ if BaseSubmititLauncher is not None:
                 job_dir.mkdir(parents=True, exist_ok=True)
                 job = Job(run_id=read_sweep(sweep_dir).get("run_id", ""), job=idx, config=config,
                           log=str(handle.paths.stderr), job_dir=str(job_dir), sweep_dir=str(sweep_dir))
-                result = new_result(job, status, reason)
+                result = new_result(job, status, reason, env={"scheduler": self._scheduler(handle)})
                 write_result(job_dir, result)
             return JobReturn(overrides=overrides, working_dir=str(job_dir), task_name="runner",
                              status=JobStatus.COMPLETED, _return_value=result)
+
+        def _scheduler(self, handle) -> dict | None:
+            """env.scheduler of a result written here: the job as SLURM knew it (None for local jobs)."""
+            from core.jobdir import scheduler
+
+            if self._EXECUTOR != "slurm":
+                return None
+            job_id, _, task = str(handle.job_id).partition("_")
+            nodelist = (handle.get_info() or {}).get("NodeList")
+            return scheduler({"SLURM_JOB_ID": job_id, "SLURM_ARRAY_TASK_ID": task,
+                              "SLURM_JOB_NODELIST": nodelist if nodelist not in (None, "None assigned") else None})
 
     class SlurmLauncher(_PerJobLauncher):
         """Jobs with equal resources share an array; with array_parallelism 1 the arrays are chained."""
@@ -191,6 +215,16 @@ if BaseSubmititLauncher is not None:
                 handles.update({j[0]: h for j, h in zip(group, submitted)})
             return self._wait(handles, jobs, sweep_dir)
 
+        @staticmethod
+        def _done(handle) -> bool:
+            """Done when SLURM says so. submitit's done() is true once the job's process left its result file,
+            but SLURM may run the job again after that (scontrol requeue, a node failure): the run that was
+            ended leaves one, the job is REQUEUED or PENDING, and the next run writes the job's result."""
+            if not handle.done():
+                return False
+            watcher = getattr(handle, "watcher", None)
+            return watcher is None or watcher.is_done(handle.job_id, mode="force")
+
         def _wait(self, handles: dict, jobs: list, sweep_dir: Path) -> dict:
             by_idx = {job[0]: job for job in jobs}
             pending, returns, refreshed = dict(handles), {}, time.monotonic()
@@ -201,7 +235,7 @@ if BaseSubmititLauncher is not None:
                     if watcher is not None:
                         watcher.update()
                     refreshed = time.monotonic()
-                for idx in [i for i, h in pending.items() if h.done()]:
+                for idx in [i for i, h in pending.items() if self._done(h)]:
                     returns[idx] = self._finish(by_idx[idx], pending.pop(idx), sweep_dir, len(returns) + 1,
                                                 len(jobs))
                 if pending:

@@ -1,0 +1,229 @@
+"""The cluster path against a real SLURM cluster: slurmctld, two slurmd nodes, slurmdbd accounting (what sacct,
+and so submitit, reads), as `bash scripts/slurm-local.sh start` runs them on this machine. Skipped, with the
+reason, where no such cluster answers.
+
+Faults are SLURM's own (scancel, scontrol requeue, a node set down, the time limit), dealt to a job while its
+launcher hangs: the job's `stack` is an interpreter whose launcher process waits while a file exists, after
+writing `hanging` (the job's SLURM id) into the job directory: the test waits for that file, never for a
+guessed time.
+"""
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import history_of, results, run_runner
+
+pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+
+LOCAL_CONF = Path(os.environ.get("SLURM_LOCAL_DIR", "/var/tmp/infersweep-slurm")) / "etc" / "slurm.conf"
+SLURM_CONF = os.environ.get("SLURM_CONF") or (str(LOCAL_CONF) if LOCAL_CONF.exists() else "")
+SMALL = ["num_gpus=0", "new_tokens=4", "repeats=1", "prompt_tokens=4", "timeout_s=300"]
+
+
+def slurm(*args: str, check: bool = True) -> str:
+    env = {**os.environ, "SLURM_CONF": SLURM_CONF} if SLURM_CONF else None
+    return subprocess.run(list(args), capture_output=True, text=True, check=check, timeout=30, env=env).stdout
+
+
+def cluster_nodes() -> list:
+    """The nodes of the cluster that answers, [] where none does."""
+    try:
+        return slurm("sinfo", "-h", "-N", "-o", "%N").split()
+    except (OSError, subprocess.SubprocessError):
+        return []
+
+
+NODES = cluster_nodes()
+pytestmark = [pytest.mark.slurm,
+              pytest.mark.skipif(len(NODES) < 2, reason="no SLURM cluster of 2 nodes answers sinfo "
+                                 "(bash scripts/slurm-local.sh start; SLURM_CONF)")]
+
+
+def slurm_env() -> dict:
+    return {"SLURM_CONF": SLURM_CONF, "INFERSWEEP_SLURM_REFRESH_S": "1"}
+
+
+def hang_stack(tmp_path: Path, name: str) -> tuple:
+    """(a `stack` interpreter whose launcher hangs while the returned file exists, that file)."""
+    gate, inject = tmp_path / f"{name}.hang", tmp_path / f"inject-{name}"
+    gate.touch()
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(
+        "import os, sys, time\n"
+        "argv = getattr(sys, 'orig_argv', [])\n"
+        "if 'launch' in argv or 'deepspeed.launcher.runner' in argv:\n"
+        f"    if os.path.exists({str(gate)!r}):\n"
+        "        task, job = os.environ.get('SLURM_ARRAY_TASK_ID'), os.environ['SLURM_JOB_ID']\n"
+        "        slurm_id = f\"{os.environ['SLURM_ARRAY_JOB_ID']}_{task}\" if task else job\n"
+        "        path = os.path.join(argv[-1], 'hanging')\n"
+        "        open(path + '.tmp', 'w').write(slurm_id)\n"
+        "        os.replace(path + '.tmp', path)\n"
+        f"    while os.path.exists({str(gate)!r}):\n"
+        "        time.sleep(0.2)\n")
+    stack = tmp_path / f"python-{name}"
+    stack.write_text(f"#!/bin/sh\nPYTHONPATH={inject}${{PYTHONPATH:+:$PYTHONPATH}} exec {sys.executable} \"$@\"\n")
+    stack.chmod(0o755)
+    return stack, gate
+
+
+class Sweep:
+    """`python -m runner -m hydra/launcher=submitit_slurm ARGS` in the background, its output in files."""
+
+    def __init__(self, args: list, tmp_path: Path, cache: Path, name: str = "run"):
+        self.err = tmp_path / f"{name}.err"
+        env = {**os.environ, "INFERSWEEP_CACHE": str(cache), "INFERSWEEP_HISTORY": str(history_of(cache)),
+               "CUDA_VISIBLE_DEVICES": "", **slurm_env()}
+        with open(tmp_path / f"{name}.out", "w") as out, open(self.err, "w") as err:
+            self.proc = subprocess.Popen([sys.executable, "-m", "runner", "-m", "hydra/launcher=submitit_slurm",
+                                          *args], cwd=Path(__file__).resolve().parents[1], env=env,
+                                         stdout=out, stderr=err)
+
+    def hanging(self, job_dir: Path, deadline_s: float = 120) -> str:
+        """The SLURM id of the job once its launcher hangs."""
+        path, what = job_dir / "hanging", f"job {job_dir.name} hanging"
+        end = time.monotonic() + deadline_s
+        while not path.exists():
+            if self.proc.poll() is not None:
+                pytest.fail(f"runner ended (rc {self.proc.returncode}) before {what}:\n{self.err.read_text()[-3000:]}")
+            if time.monotonic() > end:
+                pytest.fail(f"no {what} within {deadline_s} s:\n{self.err.read_text()[-3000:]}")
+            time.sleep(0.1)
+        return path.read_text()
+
+    def wait(self, timeout: float = 240) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.terminate()
+            pytest.fail(f"runner still running {timeout} s later:\n{self.err.read_text()[-3000:]}")
+
+    @property
+    def stderr(self) -> str:
+        return self.err.read_text()
+
+
+def accounting(job_id: str) -> dict:
+    """sacct's fields of a job (its last run)."""
+    fields = ("JobID", "State", "ReqCPUS", "TimelimitRaw", "NodeList", "Start", "End")
+    out = slurm("sacct", "-n", "-X", "-P", "-j", job_id, "-o", ",".join(fields))
+    return dict(zip(fields, out.splitlines()[-1].split("|")))
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_sweep_of_arrays_with_each_jobs_resources_and_a_cancelled_job(tmp_path, cache_dir):
+    """Four jobs, two resource sets (cluster.cpus=1,2): two arrays of two, chained; each job's first run hangs
+    until scancel ends it: a row naming SLURM's CANCELLED, while the sweep goes on to the other jobs, their
+    results read back with their SLURM ids and nodes, the sweep's table and its history entry."""
+    stack, _ = hang_stack(tmp_path, "hang")
+    sweep_dir = tmp_path / "sweep"
+    sweep = Sweep(["cluster.cpus=1,2", f"stack={stack},null", *SMALL, f"hydra.sweep.dir={sweep_dir}"],
+                  tmp_path, cache_dir)
+    for job in (0, 2):
+        slurm("scancel", sweep.hanging(sweep_dir / str(job)))
+    assert sweep.wait() == 0, sweep.stderr
+    res = results(sweep_dir)
+    assert [(r["status"], r["config"]["cluster"]["cpus"]) for r in res] == [
+        ("error", 1), ("ok", 1), ("error", 2), ("ok", 2)], [r["reason"] for r in res]
+    for r in res[0], res[2]:
+        assert "CANCELLED" in r["reason"] and r["reason"].startswith("slurm job "), r["reason"]
+    scheds = [r["env"]["scheduler"] for r in res]
+    assert [(s["name"], s["array_task_id"]) for s in scheds] == [("slurm", 0), ("slurm", 1)] * 2
+    assert scheds[0]["job_id"] == scheds[1]["job_id"] != scheds[2]["job_id"] == scheds[3]["job_id"]
+    acct = [accounting(f"{s['job_id']}_{s['array_task_id']}") for s in scheds]
+    assert [a["State"].split()[0] for a in acct] == ["CANCELLED", "COMPLETED"] * 2, acct
+    assert [int(a["ReqCPUS"]) for a in acct] == [1, 1, 2, 2]  # each job's own cluster.cpus
+    assert all(int(a["TimelimitRaw"]) == 5 + 10 for a in acct)  # timeout_s=300 in minutes + time_margin_min
+    assert [s["nodelist"] for s in scheds] == [a["NodeList"] for a in acct]
+    assert {a["NodeList"] for a in acct} <= set(NODES)
+    # one job of the sweep at a time (array_parallelism=1): each started after the one before it ended
+    assert all(later["Start"] >= earlier["End"] for earlier, later in zip(acct, acct[1:])), acct
+    assert "[4/4 done]" in sweep.stderr and "accelerate bf16 gpus=0 bs=1 ok" in sweep.stderr
+    assert (sweep_dir / "seed_table.csv").exists()
+    run_id = json.loads((sweep_dir / "sweep.json").read_text())["run_id"]
+    db = sqlite3.connect(history_of(cache_dir))
+    assert db.execute("SELECT COUNT(*) FROM results JOIN sweeps ON results.sweep = sweeps.id "
+                      "WHERE sweeps.run_id = ?", (run_id,)).fetchone()[0] == 4
+
+
+def test_job_past_its_slurm_time_limit_is_timeout(tmp_path, cache_dir):
+    """A 1-minute SLURM limit (timeout_s=300 less a margin of -4 min) on a job that hangs: SLURM ends it
+    (TIMEOUT) before the runner's own timeout_s, and the row says so."""
+    stack, _ = hang_stack(tmp_path, "hang")
+    sweep_dir = tmp_path / "sweep"
+    proc = run_runner(["-m", "hydra/launcher=submitit_slurm", f"stack={stack}", "cluster.time_margin_min=-4",
+                       "cluster.exclusive=false", "cluster.cpus=1", *SMALL, f"hydra.sweep.dir={sweep_dir}"],
+                      cache_dir, timeout=240, env_extra=slurm_env())
+    assert proc.returncode == 3, proc.stderr
+    [res] = results(sweep_dir)
+    assert res["status"] == "timeout" and "time limit" in res["reason"], res["reason"]
+    sched = res["env"]["scheduler"]
+    assert accounting(sched["job_id"])["State"] == "TIMEOUT"
+
+
+def test_requeued_job_runs_again_and_writes_one_result(tmp_path, cache_dir):
+    """scontrol requeue of a running job: SLURM ends that run and starts the job again (its restart count
+    1); the ended run writes nothing, the second writes the job's one result, the sweep sees one job."""
+    stack, gate = hang_stack(tmp_path, "once")
+    sweep_dir = tmp_path / "sweep"
+    sweep = Sweep([f"stack={stack}", "cluster.exclusive=false", "cluster.cpus=1", *SMALL,
+                   f"hydra.sweep.dir={sweep_dir}"], tmp_path, cache_dir)
+    job_id = sweep.hanging(sweep_dir / "0")
+    slurm("scontrol", "requeue", job_id)
+    gate.unlink()  # the next run of the job does not hang
+    slurm("scontrol", "update", f"jobid={job_id}", "starttime=now")  # SLURM holds a requeued job ~2 min
+    assert sweep.wait() == 0, sweep.stderr
+    [res] = results(sweep_dir)
+    assert res["status"] == "ok", res["reason"]
+    assert res["env"]["scheduler"]["restart_count"] == 1
+    assert len(list((sweep_dir / "0" / "attempts").iterdir())) == 1  # the ended run left no attempt result
+    assert sweep.stderr.count("done] job 0") == 1 and "[1/1 done]" in sweep.stderr
+
+
+def test_node_set_down_mid_job_is_a_row_and_resume_runs_it_again(tmp_path, cache_dir):
+    """A node set down under a running job that may not be requeued (sbatch --no-requeue): SLURM's
+    NODE_FAIL is the job's row, the sweep ends; the same command again runs the job, now on the other node."""
+    stack, gate = hang_stack(tmp_path, "down")
+    sweep_dir = tmp_path / "sweep"
+    args = [f"stack={stack}", "+hydra.launcher.additional_parameters.no-requeue=true", *SMALL,
+            f"hydra.sweep.dir={sweep_dir}"]
+    sweep = Sweep(args, tmp_path, cache_dir)
+    node = accounting(sweep.hanging(sweep_dir / "0"))["NodeList"]
+    try:
+        slurm("scontrol", "update", f"nodename={node}", "state=down", "reason=infersweep test")
+        assert sweep.wait() == 3, sweep.stderr
+        [res] = results(sweep_dir)
+        assert res["status"] == "error" and "NODE_FAIL" in res["reason"], res["reason"]
+        assert res["env"]["scheduler"]["nodelist"] == node
+        gate.unlink()
+        again = Sweep(args, tmp_path, cache_dir, name="resume")
+        assert again.wait() == 0, again.stderr
+    finally:
+        slurm("scontrol", "update", f"nodename={node}", "state=resume", check=False)
+    [res] = results(sweep_dir)
+    assert res["status"] == "ok", res["reason"]
+    assert res["env"]["scheduler"]["nodelist"] != node
+
+
+def test_two_node_deepspeed_zero3_job_through_srun(tmp_path, cache_dir):
+    """ZeRO-3 over the two nodes (one CPU rank each): sbatch --nodes=2, srun starts one runner per node,
+    each starts its node's rank through `deepspeed --hostfile --no_ssh --node_rank`; one result, world
+    size 2, the hostfile from SLURM's node list."""
+    sweep_dir = tmp_path / "sweep"
+    proc = run_runner(["-m", "hydra/launcher=submitit_slurm", "backend=ds-zero", "dtype=fp32", "num_nodes=2",
+                       *SMALL, f"hydra.sweep.dir={sweep_dir}"], cache_dir, timeout=300, env_extra=slurm_env())
+    assert proc.returncode == 0, proc.stderr
+    [res] = results(sweep_dir)
+    assert res["status"] == "ok", res["reason"]
+    assert res["backend_info"]["world_size"] == 2 and sorted(r["rank"] for r in res["per_rank"]) == [0, 1]
+    sched = res["env"]["scheduler"]
+    assert sorted(slurm("scontrol", "show", "hostnames", sched["nodelist"]).split()) == sorted(NODES[:2])
+    assert (sweep_dir / "0" / "hostfile").read_text() == "".join(f"{n} slots=1\n" for n in NODES[:2])
+    assert "--no_ssh --node_rank 1" in (sweep_dir / "0" / "job.node1.log").read_text()
+    assert accounting(sched["job_id"])["State"] == "COMPLETED"
