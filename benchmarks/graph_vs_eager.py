@@ -49,11 +49,16 @@ MIN_START_S = 30  # a sweep is not started with less left than this
 GPU_TESTS_S = 90  # at most this for the GPU test, run after the graph sweep
 
 
+def child_env() -> dict:
+    """This environment with the repository first on PYTHONPATH (the GPU machine's packages stay on it)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+
+
 def run_sweep(name: str, overrides: list, out: Path, cache: str, left_s: float) -> tuple:
     """(exit status, seconds) of one `python -m runner -m` sweep, stopped after `left_s` seconds."""
     cmd = [sys.executable, "-m", "runner", "-m", *overrides, *COMMON, f"cache_dir={cache}",
            f"hydra.sweep.dir={out / name}"]
-    env = {**os.environ, "INFERSWEEP_HISTORY": str(out / "history.sqlite"), "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+    env = {**child_env(), "INFERSWEEP_HISTORY": str(out / "history.sqlite")}
     print(f"== {name}: {' '.join(cmd[3:])} (at most {left_s:.0f} s)", flush=True)
     start = time.perf_counter()
     with open(out / f"{name}.log", "w") as log:
@@ -80,7 +85,7 @@ def run_gpu_tests(out: Path, left_s: float) -> None:
     print(f"== gpu-tests: {' '.join(cmd[1:])} (at most {left_s:.0f} s)", flush=True)
     with open(out / "gpu-tests.log", "w") as log:
         try:
-            code = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=log,
+            code = subprocess.run(cmd, cwd=ROOT, env=child_env(), stdout=log,
                                   stderr=subprocess.STDOUT, timeout=left_s, check=False).returncode
         except subprocess.TimeoutExpired:
             code = "timeout"
