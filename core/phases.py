@@ -12,7 +12,8 @@ the next one begins; the last ends when the runner writes the result.
     setup    the environment record, the device ceilings, the backend's prepare
     load     the model load (load_s; only in the job that loaded it)
     warmup   the first generate (warmup_s)
-    measure  the timed generates, the prefill, the probes: until the worker's result is complete
+    measure  the timed generates, the prefill, the latency passes, a batch_size=max search, profiling, the
+             probes: until the worker's result is complete
     write    the worker writing its result, the launcher ending, the runner writing result.json
 
 A job that failed stops at the phase it failed in (then write); one never launched has only queued.

@@ -7,6 +7,7 @@ import time
 import pytest
 from conftest import results, run_runner
 
+from backends import names
 from core.phases import PHASES, WORK
 
 FAST = ["new_tokens=4", "repeats=1", "prompt_tokens=4"]
@@ -76,7 +77,7 @@ def test_a_shared_worker_s_later_jobs_pay_no_imports_and_no_load(tmp_path, cache
 
 KEYS = "; `python -m runner --cfg job` lists the keys"
 OVERRIDES = "allowed: key=value, key=a,b,c with -m, +key=value to add a key, ~key to remove one"
-BACKENDS, DTYPES = "accelerate, ds-inference, ds-zero", "bf16, fp16, fp32, int8"
+BACKENDS, DTYPES = ", ".join(sorted(names())), "bf16, fp16, fp32, int8"
 
 
 @pytest.mark.parametrize("args, line", [
@@ -110,13 +111,15 @@ def test_hydra_full_error_still_gives_the_trace(tmp_path, cache_dir):
 # -- a failed worker's reason is its own exception ---------------------------------------------------------
 
 def broken_transformers_stack(tmp_path) -> str:
-    """A `stack` whose transformers cannot be imported (a broken install): the worker fails at its imports;
-    the launcher (accelerate's launch command) does not import transformers."""
+    """A `stack` whose transformers cannot be imported (a broken install) in the launcher's processes: the
+    worker fails at its imports (accelerate's launch command imports no transformers); the synthetic
+    checkpoint, where one is built first, is built with the real one."""
     fake = tmp_path / "broken" / "transformers"
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("raise ImportError('libcudart.so.12: cannot open shared object file')\n")
     stack = tmp_path / "python-broken"
-    stack.write_text(f"#!/bin/sh\nPYTHONPATH={fake.parent}${{PYTHONPATH:+:$PYTHONPATH}} exec {sys.executable} \"$@\"\n")
+    stack.write_text(f"#!/bin/sh\ncase \"$*\" in *backends.worker*) export PYTHONPATH={fake.parent}${{PYTHONPATH:+:$PYTHONPATH}};; "
+                     f"esac\nexec {sys.executable} \"$@\"\n")
     stack.chmod(0o755)
     return str(stack)
 
