@@ -144,8 +144,9 @@ def did_you_mean(word: str, choices: Any) -> str:
 def unknown_key_line(key: str, value: Any, known: Any) -> str:
     """The one line for a key the schema does not know: the dotted `key`, its `value`, the nearest of the
     `known` keys of its section."""
-    prefix = key.rpartition(".")[0]
-    hint = did_you_mean(key.rpartition(".")[2], [f"{prefix}.{k}" if prefix else k for k in known])
+    prefix, _, name = key.rpartition(".")
+    near = difflib.get_close_matches(name, [str(k) for k in known], n=1)
+    hint = f" (did you mean {prefix + '.' if prefix else ''}{near[0]}?)" if near else ""
     return f"{key}={value}: unknown key{hint}; `python -m runner --cfg job` lists the keys"
 
 

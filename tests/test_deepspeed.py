@@ -164,7 +164,7 @@ class TestSweep:
         for key, r in sweep.items():
             if r["status"] != "ok":
                 continue
-            assert r["telemetry"]["gpu"]["reason"] and r["telemetry"]["host"]["cpu_time_s"] > 0, key
+            assert r["telemetry"]["gpu"]["reason"] and r["telemetry"]["host"]["cpu_time_s"] >= 0, key
             assert r["latency"]["samples"] == {"ttft": 1, "itl": 3}, key
             assert 0 < r["latency"]["itl_ms"]["p50"] <= r["latency"]["itl_ms"]["p99"], key
 

@@ -22,4 +22,4 @@ def test_llama_sdpa_and_eager_side_by_side(tmp_path, cache_dir):
     kv_width = 64 * 2 // 4
     assert sdpa["roofline"]["kv_bytes"] == 2 * 2 * kv_width * 2 * 2 * (4 + 4 / 2)
     saved = [json.loads(p.read_text()) for p in (cache_dir / "models").glob("llama-tiny-llama-*/config.json")]
-    assert [(c["model_type"], c["num_key_value_heads"]) for c in saved] == [("llama", 2)]
+    assert saved and {(c["model_type"], c["num_key_value_heads"]) for c in saved} == {("llama", 2)}
