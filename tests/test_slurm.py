@@ -177,7 +177,10 @@ def test_requeued_job_runs_again_and_writes_one_result(tmp_path, cache_dir):
     job_id = sweep.hanging(sweep_dir / "0")
     slurm("scontrol", "requeue", job_id)
     gate.unlink()  # the next run of the job does not hang
-    slurm("scontrol", "update", f"jobid={job_id}", "starttime=now")  # SLURM holds a requeued job ~2 min
+    # SLURM holds a requeued job for about 2 minutes once its first run has ended: release it at once
+    while slurm("squeue", "-h", "-j", job_id, "-o", "%T").strip() != "PENDING":
+        time.sleep(0.2)
+    slurm("scontrol", "update", f"jobid={job_id}", "starttime=now")
     assert sweep.wait() == 0, sweep.stderr
     [res] = results(sweep_dir)
     assert res["status"] == "ok", res["reason"]
@@ -191,7 +194,7 @@ def test_node_set_down_mid_job_is_a_row_and_resume_runs_it_again(tmp_path, cache
     NODE_FAIL is the job's row, the sweep ends; the same command again runs the job, now on the other node."""
     stack, gate = hang_stack(tmp_path, "down")
     sweep_dir = tmp_path / "sweep"
-    args = [f"stack={stack}", "+hydra.launcher.additional_parameters.no-requeue=true", *SMALL,
+    args = [f"stack={stack}", "+hydra.launcher.additional_parameters.no-requeue=true", "cluster.cpus=1", *SMALL,
             f"hydra.sweep.dir={sweep_dir}"]
     sweep = Sweep(args, tmp_path, cache_dir)
     node = accounting(sweep.hanging(sweep_dir / "0"))["NodeList"]
@@ -217,7 +220,7 @@ def test_two_node_deepspeed_zero3_job_through_srun(tmp_path, cache_dir):
     size 2, the hostfile from SLURM's node list."""
     sweep_dir = tmp_path / "sweep"
     proc = run_runner(["-m", "hydra/launcher=submitit_slurm", "backend=ds-zero", "dtype=fp32", "num_nodes=2",
-                       *SMALL, f"hydra.sweep.dir={sweep_dir}"], cache_dir, timeout=300, env_extra=slurm_env())
+                       "cluster.cpus=1", *SMALL, f"hydra.sweep.dir={sweep_dir}"], cache_dir, timeout=300, env_extra=slurm_env())
     assert proc.returncode == 0, proc.stderr
     [res] = results(sweep_dir)
     assert res["status"] == "ok", res["reason"]
