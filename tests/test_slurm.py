@@ -7,6 +7,7 @@ launcher hangs: the job's `stack` is an interpreter whose launcher process waits
 writing `hanging` (the job's SLURM id) into the job directory: the test waits for that file, never for a
 guessed time.
 """
+import itertools
 import json
 import os
 import sqlite3
@@ -143,7 +144,7 @@ def test_sweep_of_arrays_with_each_jobs_resources_and_a_cancelled_job(tmp_path, 
     assert [s["nodelist"] for s in scheds] == [a["NodeList"] for a in acct]
     assert {a["NodeList"] for a in acct} <= set(NODES)
     # one job of the sweep at a time (array_parallelism=1): each started after the one before it ended
-    assert all(later["Start"] >= earlier["End"] for earlier, later in zip(acct, acct[1:])), acct
+    assert all(later["Start"] >= earlier["End"] for earlier, later in itertools.pairwise(acct)), acct
     assert "[4/4 done]" in sweep.stderr and "accelerate bf16 gpus=0 bs=1 ok" in sweep.stderr
     assert (sweep_dir / "seed_table.csv").exists()
     run_id = json.loads((sweep_dir / "sweep.json").read_text())["run_id"]
