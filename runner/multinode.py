@@ -4,7 +4,7 @@ over `num_nodes` nodes, world size num_nodes x ranks per node.
 
 Two ways to start the ranks of a multi-node job (`cluster.multinode`):
 
-* per_node: one runner per node, as `hydra/launcher=slurm` starts them (srun, one task per node). Every
+* per_node: one runner per node, as `hydra/launcher=submitit_slurm` starts them (srun, one task per node). Every
   node's runner starts its own node's ranks with `deepspeed --hostfile H --no_ssh --node_rank K`; the
   first node's runner owns the job (validates, writes job.json, builds the synthetic checkpoint, writes
   result.json), the others wait for its go-ahead and only run their ranks (`follow`).

@@ -22,6 +22,7 @@ DB_PORT=3307
 CPUS=$(nproc)
 HOSTS_MARK="# infersweep slurm-local.sh"
 export SLURM_CONF=$DIR/etc/slurm.conf
+export PATH=$PATH:/usr/sbin:/sbin
 
 running() {  # running NAME: the daemon whose pid file is $DIR/run/NAME.pid is alive
     local pid
@@ -42,12 +43,16 @@ wait_for() {  # wait_for WHAT SECONDS COMMAND...: poll COMMAND until it succeeds
 install() {
     local missing=()
     for cmd in munged mungekey mariadbd mariadb-install-db slurmdbd slurmctld slurmd sbatch sacct; do
-        command -v "$cmd" >/dev/null || PATH=$PATH:/usr/sbin command -v "$cmd" >/dev/null || missing+=("$cmd")
+        command -v "$cmd" >/dev/null || missing+=("$cmd")
     done
     [ ${#missing[@]} -eq 0 ] && return
     echo "slurm-local: installing (missing: ${missing[*]})"
+    # the packages' own services stay stopped (no systemd here; this script starts its own daemons)
+    local policy=/usr/sbin/policy-rc.d added=0
+    if [ ! -e $policy ]; then printf '#!/bin/sh\nexit 101\n' >$policy && chmod +x $policy && added=1; fi
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm slurmdbd munge mariadb-server >/dev/null
+    [ $added = 0 ] || rm -f $policy
 }
 
 configure() {
@@ -114,7 +119,8 @@ LogFile=$DIR/log/slurmdbd.log
 EOF
     chmod 600 "$DIR/etc/slurmdbd.conf"
     for node in "${NODES[@]}"; do
-        getent hosts "$node" >/dev/null || echo "127.0.0.1 $node $HOSTS_MARK" >>/etc/hosts
+        getent hosts "$node" >/dev/null || echo "127.0.0.1 $node $HOSTS_MARK" >>/etc/hosts \
+            || { echo "slurm-local: cannot add $node to /etc/hosts" >&2; exit 1; }
     done
 }
 
@@ -171,7 +177,6 @@ both_idle() {
 start() {
     [ "$(id -u)" = 0 ] || { echo "slurm-local: needs root (daemons, apt-get, /etc/hosts)" >&2; exit 1; }
     install
-    export PATH=$PATH:/usr/sbin
     configure
     start_munge
     start_db

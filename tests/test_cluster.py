@@ -1,11 +1,8 @@
 """SLURM through Hydra's submitit launcher, and multi-node DeepSpeed (runner/slurm.py, runner/multinode.py,
-hydra_plugins/infersweep_launcher). No SLURM here: submitit's local executor runs the same path end to
-end; the sbatch script and the multi-node deepspeed command lines are generated and checked; two runner
-processes with a SLURM step's environment play the two nodes of a real (CPU, gloo) multi-node job."""
+hydra_plugins/infersweep_launcher), without a cluster: submitit's local executor runs the same path end to
+end; the sbatch script and the multi-node deepspeed command lines of GPU jobs are generated and checked.
+tests/test_slurm.py runs the path on a real SLURM cluster."""
 import json
-import math
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -74,58 +71,6 @@ def test_submitit_local_sweep_end_to_end(tmp_path, cache_dir):
     assert "[1/2 done] job 0 (local" in proc.stderr and "[2/2 done] job 1" in proc.stderr
     assert "accelerate bf16 gpus=0 bs=2 ok" in proc.stderr
     assert (sweep_dir / "seed_table.csv").exists() and "accelerate bf16" in proc.stdout
-
-
-# --- submitit_slurm on a stand-in SLURM (tests/fake_slurm.py) -----------------------------------------
-
-
-def test_submitit_slurm_sweep_on_a_fake_slurm(tmp_path, cache_dir, monkeypatch):
-    """The SLURM launcher's own path: each job's resources, one array per resource set, the arrays chained
-    (one job at a time), the sbatch scripts run (by bash, srun starting one runner per node), a 2-node
-    ZeRO job over two "nodes" of this machine, and a job that SLURM lost (NODE_FAIL, no result) written
-    as an `error` result while the sweep goes on to its table.
-
-    The 2-node job is a real multi-node job on CPU ranks (gloo): srun's two tasks are two runner
-    processes with the step's environment (node list localhost,127.0.0.1); each starts its node's rank
-    through `deepspeed --hostfile --no_ssh --node_rank`; one ZeRO-3 job of world size 2. (It used to be
-    played a second time without submitit, by test_two_node_zero_job_on_cpu_ranks: the same job, the same
-    runner code on each node; its checks are the last ones here.)"""
-    bin_dir, state = tmp_path / "bin", tmp_path / "slurm"
-    bin_dir.mkdir()
-    subprocess.run([sys.executable, str(ROOT / "tests" / "fake_slurm.py"), "install", str(bin_dir), str(state)],
-                   check=True)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("FAKE_SLURM_FAIL", "1000")  # the first submission: job 0 (one node)
-    monkeypatch.setenv("INFERSWEEP_SLURM_REFRESH_S", "2")
-    sweep_dir = tmp_path / "sweep"
-    proc = run_runner(["-m", "hydra/launcher=submitit_slurm", "backend=ds-zero", "dtype=fp32", "num_gpus=0",
-                       "num_nodes=1,2", "cluster.partition=debug", "cluster.cpus=2", "new_tokens=8", "repeats=2",
-                       "prompt_tokens=4", "timeout_s=240", f"hydra.sweep.dir={sweep_dir}"], cache_dir, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    submissions = [json.loads(line) for line in (state / "submissions.jsonl").read_text().splitlines()]
-    assert [s["options"]["nodes"] for s in submissions] == ["1", "2"]
-    assert submissions[1]["options"]["dependency"] == "afterany:1000"  # one job of the sweep at a time
-    for s in submissions:
-        o = s["options"]
-        assert (o["partition"], o["cpus-per-task"], o["ntasks-per-node"], o["time"]) == ("debug", "2", "1", "14")
-        assert "exclusive" in o and "gpus-per-node" not in o
-    res = results(sweep_dir)
-    assert [r["config"]["num_nodes"] for r in res] == [1, 2]
-    assert res[0]["status"] == "error" and "slurm job 1000 ended without a result (NODE_FAIL)" in res[0]["reason"]
-    assert res[1]["status"] == "ok", res[1]["reason"]
-    assert res[1]["backend_info"]["world_size"] == 2 and sorted(r["rank"] for r in res[1]["per_rank"]) == [0, 1]
-    assert "--no_ssh --node_rank 1" in (sweep_dir / "1" / "job.node1.log").read_text()
-    assert "[2/2 done]" in proc.stderr and "ds-zero fp32 gpus=0 bs=1 nodes=2 ok" in proc.stderr
-    table = (sweep_dir / "seed_table.csv").read_text()
-    assert "nodes=1 ds-zero fp32,error" in table and "nodes=2 ds-zero fp32," in table
-    # the 2-node job, node by node (formerly test_two_node_zero_job_on_cpu_ranks)
-    job_dir, result = sweep_dir / "1", res[1]
-    assert result["config"]["cpu_ranks"] == 1 and result["config"]["num_gpus"] == 0
-    assert (job_dir / "hostfile").read_text() == "localhost slots=1\n127.0.0.1 slots=1\n"
-    follower_log = (job_dir / "job.node1.log").read_text()
-    assert "--no_ssh --node_rank 1" in follower_log and "worker rank 1: ok" in follower_log
-    assert "--no_ssh --node_rank 0" in (job_dir / "job.log").read_text()
-    assert result["ms_per_token"] > 0 and not math.isnan(result["ms_per_token"])
 
 
 # --- SLURM: resources per job, and the sbatch script -------------------------------------------------

@@ -7,6 +7,7 @@ launcher hangs: the job's `stack` is an interpreter whose launcher process waits
 writing `hanging` (the job's SLURM id) into the job directory: the test waits for that file, never for a
 guessed time.
 """
+import itertools
 import json
 import os
 import sqlite3
@@ -143,7 +144,7 @@ def test_sweep_of_arrays_with_each_jobs_resources_and_a_cancelled_job(tmp_path, 
     assert [s["nodelist"] for s in scheds] == [a["NodeList"] for a in acct]
     assert {a["NodeList"] for a in acct} <= set(NODES)
     # one job of the sweep at a time (array_parallelism=1): each started after the one before it ended
-    assert all(later["Start"] >= earlier["End"] for earlier, later in zip(acct, acct[1:])), acct
+    assert all(later["Start"] >= earlier["End"] for earlier, later in itertools.pairwise(acct)), acct
     assert "[4/4 done]" in sweep.stderr and "accelerate bf16 gpus=0 bs=1 ok" in sweep.stderr
     assert (sweep_dir / "seed_table.csv").exists()
     run_id = json.loads((sweep_dir / "sweep.json").read_text())["run_id"]
@@ -177,7 +178,10 @@ def test_requeued_job_runs_again_and_writes_one_result(tmp_path, cache_dir):
     job_id = sweep.hanging(sweep_dir / "0")
     slurm("scontrol", "requeue", job_id)
     gate.unlink()  # the next run of the job does not hang
-    slurm("scontrol", "update", f"jobid={job_id}", "starttime=now")  # SLURM holds a requeued job ~2 min
+    # SLURM holds a requeued job for about 2 minutes once its first run has ended: release it at once
+    while slurm("squeue", "-h", "-j", job_id, "-o", "%T").strip() != "PENDING":
+        time.sleep(0.2)
+    slurm("scontrol", "update", f"jobid={job_id}", "starttime=now")
     assert sweep.wait() == 0, sweep.stderr
     [res] = results(sweep_dir)
     assert res["status"] == "ok", res["reason"]
@@ -191,7 +195,7 @@ def test_node_set_down_mid_job_is_a_row_and_resume_runs_it_again(tmp_path, cache
     NODE_FAIL is the job's row, the sweep ends; the same command again runs the job, now on the other node."""
     stack, gate = hang_stack(tmp_path, "down")
     sweep_dir = tmp_path / "sweep"
-    args = [f"stack={stack}", "+hydra.launcher.additional_parameters.no-requeue=true", *SMALL,
+    args = [f"stack={stack}", "+hydra.launcher.additional_parameters.no-requeue=true", "cluster.cpus=1", *SMALL,
             f"hydra.sweep.dir={sweep_dir}"]
     sweep = Sweep(args, tmp_path, cache_dir)
     node = accounting(sweep.hanging(sweep_dir / "0"))["NodeList"]
@@ -217,7 +221,7 @@ def test_two_node_deepspeed_zero3_job_through_srun(tmp_path, cache_dir):
     size 2, the hostfile from SLURM's node list."""
     sweep_dir = tmp_path / "sweep"
     proc = run_runner(["-m", "hydra/launcher=submitit_slurm", "backend=ds-zero", "dtype=fp32", "num_nodes=2",
-                       *SMALL, f"hydra.sweep.dir={sweep_dir}"], cache_dir, timeout=300, env_extra=slurm_env())
+                       "cluster.cpus=1", *SMALL, f"hydra.sweep.dir={sweep_dir}"], cache_dir, timeout=300, env_extra=slurm_env())
     assert proc.returncode == 0, proc.stderr
     [res] = results(sweep_dir)
     assert res["status"] == "ok", res["reason"]
