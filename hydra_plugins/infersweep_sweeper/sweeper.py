@@ -24,11 +24,10 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf, open_dict
 
-from core.jobdir import GENERATION_KEYS, CorruptResult, read_result, read_sweep
-from core.rounds import rounds_done
+from core.jobdir import GENERATION_KEYS, read_sweep
 from runner.callbacks import bad_input
 from runner.config import resolve, unknown_key
-from runner.dryrun import print_plan
+from runner.dryrun import job_state, print_plan
 from runner.stack import visible_gpus
 from runner.storage import stop_when_unwritable
 from runner.validate import preflight_reason
@@ -93,7 +92,7 @@ class RoundsSweeper(BasicSweeper):
         seed = int(read_sweep(sweep_dir).get("round_seed", 0))
         together = not bool(self.config.get("isolate", True))
         if self.config.get("warmup_process", False):
-            self.warm_up(jobs, together, seed, rounds, sweep_dir)
+            self.warm_up(jobs, checked, together, seed)
         if rounds == 1:
             return super().sweep(arguments)
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -109,26 +108,17 @@ class RoundsSweeper(BasicSweeper):
                 returns.append(results)
         return returns
 
-    def warm_up(self, jobs: list, together: bool, seed: int, rounds: int, sweep_dir: Path) -> None:
+    def warm_up(self, jobs: list, checked: list, together: bool, seed: int) -> None:
         """Run the job that round 1 starts with in a worker process of its own (`round=0`, in the sweep's
         WARMUP_DIR, where its log and attempt stay): it writes no result.json, so its figures are never a
-        result. Skipped when every job already has its rounds (a resume with nothing left to measure)."""
-        if all(self._measured(sweep_dir / str(number), rounds) for number in range(len(jobs))):
+        result. Skipped when every job is done (a resume with nothing left to measure: the dry run's states)."""
+        if all(job_state(job_dir, config)[0] == "done" for config, job_dir in checked):
             return
         number, job = round_order(jobs, together, seed, 1)[0]
         batch = [job + ["round=0", f"hydra.sweep.subdir={WARMUP_DIR}"]]
         self.validate_batch_is_legal(batch)
         for r in self.launcher.launch(batch, initial_job_idx=number):
             _ = r.return_value
-
-    @staticmethod
-    def _measured(job_dir: Path, rounds: int) -> bool:
-        try:
-            result = read_result(job_dir)
-        except CorruptResult:
-            return False
-        return result is not None and result.status in ("ok", "oom") and (
-            result.status == "oom" or rounds_done(result) >= rounds)
 
     def check_before_launch(self, jobs: list) -> list:
         """Every job's config, composed as its launch will compose it, checked before the first launch:
