@@ -219,7 +219,7 @@ def test_help_states_the_exit_codes(capsys):
 
 def test_a_side_measured_on_a_busy_host_is_inconclusive_whatever_its_ratio(tmp_path):
     """On a 2-core machine shared with other work, real CPU A/A sweeps of the default model swung 3-100x
-    (docs/benchmarks/verdicts-cpu/): a figure taken while other processes held most of the CPU is no evidence."""
+    (docs/analysis.md): a figure taken while other processes held most of the CPU is no evidence."""
     made = []
 
     def sweep(run_id: str, ms: float, other_share: float) -> Path:
