@@ -8,7 +8,9 @@ same points. Run from the repository root:
 Each pair runs the sweep batch_size=<batch sizes> once per mode, the order of the two modes alternating from
 pair to pair so that a machine's drift hits both alike. For every sweep it prints the wall time of the
 runner, the seconds of each phase summed over the sweep's jobs, the overhead share (the part outside load,
-warmup and measure) and the overhead per job; then each mode's medians over the pairs.
+warmup and measure), the overhead per job and the seconds an isolated job spends before its load starts; then
+each mode's medians over the pairs, and per batch size the ms/token of each mode (median over the pairs, and
+its range) with their ratio: whether loading once measures the same thing as a process per job.
 """
 import argparse
 import json
@@ -25,6 +27,9 @@ sys.path.insert(0, str(ROOT))
 
 from core.phases import PHASES, WORK, overhead_share, total
 
+# a job's phases before its model starts loading (a shared worker's later jobs have none of them but queued)
+BEFORE_LOAD = ("queued", "build", "launch", "imports", "setup")
+
 
 def run_sweep(isolate: bool, args: argparse.Namespace, sweep: Path, env: dict) -> dict:
     jobs = len(args.batch_sizes.split(","))
@@ -40,8 +45,11 @@ def run_sweep(isolate: bool, args: argparse.Namespace, sweep: Path, env: dict) -
     phases = total([r["phases_s"] for r in results])
     jobs_s = sum(phases.values())
     work = sum(phases.get(p, 0.0) for p in WORK)
+    before_load = statistics.median(sum(v for p, v in r["phases_s"].items() if p in BEFORE_LOAD) for r in results)
     return {"isolate": isolate, "jobs": jobs, "wall_s": wall, "jobs_s": jobs_s, "phases_s": phases,
-            "overhead_share": overhead_share(phases), "overhead_per_job_s": (wall - work) / jobs}
+            "overhead_share": overhead_share(phases), "overhead_per_job_s": (wall - work) / jobs,
+            "before_load_s": before_load,
+            "ms_per_token": {str(r["config"]["batch_size"]): r["ms_per_token"] for r in results}}
 
 
 def main() -> None:
@@ -66,16 +74,27 @@ def main() -> None:
                 rows.append({"pair": pair + 1, **row})
     shown = [p for p in PHASES if any(p in r["phases_s"] for r in rows)]
     print(f"{'pair':>4} {'isolate':>7} {'jobs':>4} {'wall s':>7} {'jobs s':>7} "
-          + " ".join(f"{p:>8}" for p in shown) + f" {'overhead':>8} {'ovh/job s':>9}")
+          + " ".join(f"{p:>8}" for p in shown) + f" {'overhead':>8} {'ovh/job s':>9} {'pre-load s':>10}")
     for r in rows:
         print(f"{r['pair']:>4} {r['isolate']!s:>7} {r['jobs']:>4} {r['wall_s']:>7.1f} {r['jobs_s']:>7.1f} "
               + " ".join(f"{r['phases_s'].get(p, 0.0):>8.2f}" for p in shown)
-              + f" {r['overhead_share']:>8.0%} {r['overhead_per_job_s']:>9.2f}")
+              + f" {r['overhead_share']:>8.0%} {r['overhead_per_job_s']:>9.2f} {r['before_load_s']:>10.2f}")
     for isolate in (True, False):
         mine = [r for r in rows if r["isolate"] == isolate]
         print(f"median isolate={isolate}: wall {statistics.median(r['wall_s'] for r in mine):.1f} s, overhead "
               f"{statistics.median(r['overhead_share'] for r in mine):.0%}, "
-              f"{statistics.median(r['overhead_per_job_s'] for r in mine):.2f} s/job over {len(mine)} sweep(s)")
+              f"{statistics.median(r['overhead_per_job_s'] for r in mine):.2f} s/job, "
+              f"{statistics.median(r['before_load_s'] for r in mine):.2f} s before load (median job) "
+              f"over {len(mine)} sweep(s)")
+    print(f"{'bs':>4} {'isolate=true ms/token (range)':>32} {'isolate=false ms/token (range)':>32} {'false/true':>10}")
+    for bs in args.batch_sizes.split(","):
+        med = {}
+        cells = []
+        for isolate in (True, False):
+            values = [r["ms_per_token"][bs] for r in rows if r["isolate"] == isolate]
+            med[isolate] = statistics.median(values)
+            cells.append(f"{med[isolate]:.4g} ({min(values):.4g}-{max(values):.4g})")
+        print(f"{bs:>4} {cells[0]:>32} {cells[1]:>32} {med[False] / med[True]:>10.3f}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 
