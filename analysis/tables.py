@@ -3,12 +3,16 @@ from collections.abc import Iterator
 
 import pandas as pd
 
+from backends import lookup
+from backends.spec import BackendSpec
 from core.jobdir import NOT_MEASURED, option_text
 
 # A row's label: backend and dtype, then every measured config key (core/jobdir.py: the one definition of
 # "the same measurement") that varies among the results, so that two rows of one table are never the same
 # label; batch size is the tables' columns. Known keys first, in this order and with these short names;
 # any other measured key that varies follows as name=value (seed=1, isolate=false, max_batch_cap=64...).
+# A backend option shows only where it takes effect (its spec's `needs`, backends/spec.py): the spec is
+# the one place that knows which option depends on which, and analysis may import the torch-free specs.
 ALWAYS = ("config.backend.name", "config.dtype.name")
 ORDER = ("config.model.name", "config.num_gpus", "config.cpu_ranks", "config.num_nodes", *ALWAYS,
          "config.offload.name", "config.new_tokens", "config.prompt_tokens", "config.stack")
@@ -39,10 +43,37 @@ def _varies(df: pd.DataFrame, key: str) -> bool:
     return True
 
 
+def _spec(name: str) -> BackendSpec | None:
+    """The registered spec of a backend; None for one not registered here (a plugin's results read without
+    its INFERSWEEP_BACKENDS entry), whose options then all count as taking effect."""
+    try:
+        return lookup(name)
+    except (ValueError, ImportError):
+        return None
+
+
+def _in_effect(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` with each backend option null on the results where it takes no effect (BackendSpec.needs)."""
+    df = df.copy()
+    backend = {c.removeprefix("config.backend."): c for c in df if c.startswith("config.backend.")}
+    for name, jobs in df.groupby("config.backend.name") if "config.backend.name" in df else ():
+        spec = _spec(name)
+        for option in (spec.needs if spec else ()):
+            if option not in backend:
+                continue
+            idle = [i for i, job in jobs.iterrows()
+                    if not spec.takes_effect(option, {key: job[column] for key, column in backend.items()})]
+            df[backend[option]] = df[backend[option]].astype(object)  # ints stay ints beside the nulls
+            df.loc[idle, backend[option]] = None
+    return df
+
+
 def row_labels(df: pd.DataFrame) -> pd.Series:
     """backend+dtype, plus every measured config key that varies (model, num_gpus, offload, token counts,
-    stack, a backend or dtype option, ...), each only on the results that have it."""
+    stack, a backend or dtype option, ...), each only on the results that have it and, for a backend
+    option, only where it takes effect (a compilation mode that varied shows on the compiled rows only)."""
     varying = [k for k in _measured_columns(df) if k in ALWAYS or _varies(df, k)]
+    df = _in_effect(df)
     keys = [k for k in ORDER if k in varying] + sorted(k for k in varying if k not in ORDER)
 
     def part(key: str, value) -> str:
