@@ -1,4 +1,5 @@
-"""The seed's tables: rows backend+dtype, columns batch size, the status word where there is no number."""
+"""The tables of the results: the seed's (rows backend+dtype, columns batch size, the status word where
+there is no number), and per-point tables (a row per job that ended ok: its label, batch size, figures)."""
 from collections.abc import Iterator
 
 import pandas as pd
@@ -153,3 +154,75 @@ def max_batch_table(df: pd.DataFrame) -> pd.DataFrame:
                                for t in job.get("max_batch_search") or [])}
             for f, (i, job) in zip(found, jobs.iterrows())]
     return pd.DataFrame(rows).set_index("").rename_axis(None)
+
+
+def _points(df: pd.DataFrame) -> pd.DataFrame:
+    """The jobs that ended ok, with their row label, by label and then batch size (numbers in order, then
+    a word: batch_size=max where the search found nothing)."""
+    ok = df.assign(label=row_labels(df))[df["status"] == "ok"]
+    size = ok["config.batch_size"]
+    order = pd.DataFrame({"label": ok["label"], "word": size.map(lambda s: isinstance(s, str)),
+                          "size": pd.to_numeric(size, errors="coerce")})
+    return ok.loc[order.sort_values(["label", "word", "size"], kind="stable").index]
+
+
+def _field(points: pd.DataFrame, field: str) -> pd.Series:
+    return points.get(field, pd.Series(None, index=points.index, dtype=object))
+
+
+def _point_table(points: pd.DataFrame, columns: dict) -> pd.DataFrame:
+    """A row per job of `points` (index: its row label) with its batch size, then a column per {header:
+    (result field, its text)}; an empty cell where a result lacks the field or holds null."""
+    table = {"batch size": points["config.batch_size"].astype(str)}
+    for header, (field, text) in columns.items():
+        values = _field(points, field)
+        table[header] = ["" if not isinstance(v, list) and pd.isna(v) else text(v) for v in values]
+    return pd.DataFrame(table).set_axis(points["label"].tolist())
+
+
+LATENCY = {f"{name} {p} ms": (f"latency.{field}.{p}", "{:.2f}".format)
+           for name, field in (("TTFT", "ttft_ms"), ("inter-token", "itl_ms")) for p in ("p50", "p90", "p99")}
+
+
+def latency_table(df: pd.DataFrame) -> pd.DataFrame:
+    """The latency distribution (the result's `latency`, backends/measure.py) per row label and batch size,
+    over the jobs that ended ok: p50, p90 and p99 of the time to the first new token and between two
+    tokens, ms; a job whose result predates them is left out."""
+    points = _points(df)
+    return _point_table(points[_field(points, "latency.itl_ms.p50").notna()], LATENCY)
+
+
+TELEMETRY = {
+    "J/token": ("energy_j_per_token", "{:.3f}".format),
+    "power mean W": ("telemetry.gpu.power_w_mean", "{:.0f}".format),
+    "power max W": ("telemetry.gpu.power_w_max", "{:.0f}".format),
+    "SM clock mean MHz": ("telemetry.gpu.sm_clock_mhz_mean", "{:.0f}".format),
+    "throttle reasons": ("telemetry.gpu.throttle_reasons", lambda names: ", ".join(names) or "none"),
+    "temperature max °C": ("telemetry.gpu.temperature_c_max", "{:.0f}".format),
+    "other processes' CPU share": ("telemetry.host.other_cpu_share", "{:.2f}".format),
+}
+
+
+def telemetry_table(df: pd.DataFrame) -> pd.DataFrame:
+    """The conditions of each job that ended ok (the result's `telemetry` and `energy_j_per_token`,
+    backends/telemetry.py) per row label and batch size: J per generated token over every GPU, the GPUs'
+    mean and highest power, mean SM clock, the clock-event (throttle) reasons NVML reported ("none"), the
+    highest temperature, and the CPU share of the host's other processes. A GPU figure is an empty cell where
+    the job has none (no_gpu_telemetry says why)."""
+    points = _points(df)
+    table = _point_table(points, TELEMETRY)
+    table.loc[_field(points, "telemetry.gpu.power_w_mean").isna().to_numpy(), "throttle reasons"] = ""
+    return table
+
+
+def no_gpu_telemetry(df: pd.DataFrame) -> list[str]:
+    """Why jobs that ended ok have no GPU figures, each reason once with its count ("no GPU in use (the
+    worker sees none): 2 jobs"): the result's telemetry.gpu.reason, telemetry=false, or a result that
+    holds no telemetry (written before it was recorded)."""
+    points = _points(df)
+    missing = points[_field(points, "telemetry.gpu.power_w_mean").isna()]
+    reasons = [r if isinstance(r, str) else "telemetry=false" if pd.notna(on) and not on else
+               "no telemetry in the result (written before it was recorded)"
+               for r, on in zip(_field(missing, "telemetry.gpu.reason"), _field(missing, "config.telemetry"))]
+    counts = pd.Series(reasons, dtype=object).value_counts()
+    return [f"{r}: {n} job{'s' if n > 1 else ''}" for r, n in counts.items()]
