@@ -63,10 +63,12 @@ nav a { margin-right: 1em; white-space: nowrap; }
 .scroll { overflow-x: auto; margin: 0.8em 0; }
 table { border-collapse: collapse; font-variant-numeric: tabular-nums; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.7em; text-align: right; vertical-align: top; }
-th { background: #f3f3f3; white-space: nowrap; }
-td:first-child, th:first-child { text-align: left; white-space: nowrap; }
+th { background: #f3f3f3; }
+td:first-child, th:first-child { text-align: left; } td:first-child { white-space: nowrap; }
 td.failed { color: #b00; font-weight: 600; } table:not(.text) td { white-space: nowrap; }
-table.text td, table.text th, td:has(.swatch) { text-align: left; } td:has(.swatch) { white-space: nowrap; }
+table.text td, table.text th, td:has(.swatch) { text-align: left; }
+/* headers and row labels wrap where a table is wider than the page, a short label on one line */
+table th:has(.swatch), table td:has(.swatch) { white-space: normal; min-width: 10em; }
 figure { margin: 1em 0 2.2em; } figure img { max-width: 100%; height: auto; display: block; }
 figcaption { color: #555; font-size: 0.9em; max-width: 60em; }
 p.keys code { white-space: nowrap; margin-right: 0.9em; line-height: 1.9; }

@@ -198,8 +198,8 @@ TELEMETRY = {
     "power max W": ("telemetry.gpu.power_w_max", "{:.0f}".format),
     "SM clock mean MHz": ("telemetry.gpu.sm_clock_mhz_mean", "{:.0f}".format),
     "throttle reasons": ("telemetry.gpu.throttle_reasons", lambda names: ", ".join(names) or "none"),
-    "temperature max °C": ("telemetry.gpu.temperature_c_max", "{:.0f}".format),
-    "other processes' CPU share": ("telemetry.host.other_cpu_share", "{:.2f}".format),
+    "max temp °C": ("telemetry.gpu.temperature_c_max", "{:.0f}".format),
+    "other-process CPU share": ("telemetry.host.other_cpu_share", "{:.2f}".format),
 }
 
 

@@ -248,7 +248,7 @@ class TestAccelerateSweep:
         assert power.count("No GPU figures") == 1
         assert f"No GPU figures: {ok[0]['telemetry']['gpu']['reason']}: 2 jobs." in power
         with open(out / "telemetry_bloom-tiny-cpu.csv") as f:  # the host's figure only: no empty GPU columns
-            assert list(csv.reader(f)) == [["", "batch size", "other processes' CPU share"]] + [
+            assert list(csv.reader(f)) == [["", "batch size", "other-process CPU share"]] + [
                 ["accelerate bf16", str(r["config"]["batch_size"]),
                  f"{r['telemetry']['host']['other_cpu_share']:.2f}"] for r in ok]
 
@@ -322,8 +322,8 @@ def test_power_and_clocks_show_each_gpu_results_telemetry(gpu_report):
                                "power max W": f"{gpu['power_w_max']:.0f}",
                                "SM clock mean MHz": f"{gpu['sm_clock_mhz_mean']:.0f}",
                                "throttle reasons": ", ".join(gpu["throttle_reasons"]) or "none",
-                               "temperature max °C": f"{gpu['temperature_c_max']:.0f}",
-                               "other processes' CPU share": f"{host['other_cpu_share']:.2f}"}, label
+                               "max temp °C": f"{gpu['temperature_c_max']:.0f}",
+                               "other-process CPU share": f"{host['other_cpu_share']:.2f}"}, label
     assert (rows[UNCOMPILED]["throttle reasons"], rows[COMPILED]["throttle reasons"]) == ("SwPowerCap", "none")
     md = (out / "report.md").read_text()
     power = md[md.index("## Power and clocks"):md.index("## Load time")]
