@@ -3,9 +3,12 @@ one self-contained HTML page with the tables and the PNG charts embedded.
 
 The page's sections come in the order a reader asks: what was run (the command, what varied and what stayed
 fixed, the hardware, versions and measured ceilings, each row's colour), then the best row per batch size
-(fastest, cheapest, most energy-efficient), latency, throughput (with the Pareto front of throughput per
-device against latency), cost, load time, memory, the roofline, and the jobs that did not end ok. Every number
-shown is read from the results."""
+(fastest, cheapest, most energy-efficient), latency (with the TTFT and inter-token percentiles), throughput
+(with the Pareto front of throughput per device against latency), cost, power and clocks, load time, memory,
+the roofline, and the jobs that did not end ok. Power and clocks comes right after cost: its energy per token
+is the other running cost of a point, and its clocks, throttle reasons and the host's other processes say
+whether the throughput and latency above were measured at full speed on a quiet machine (a power-capped
+clock at the largest batch, a busy host on a shared CPU). Every number shown is read from the results."""
 import base64
 import html
 import json
@@ -19,16 +22,20 @@ import yaml
 from matplotlib.figure import Figure
 
 from analysis import charts, efficiency
+from analysis.compare import CONTENDED_SHARE
 from analysis.overhead import overhead_line, phases_table
 from analysis.results import attempts_table, sweep_summary
 from analysis.tables import (
     groups,
+    latency_table,
     load_stats,
     load_table,
     max_batch_table,
+    no_gpu_telemetry,
     roofline_table,
     row_labels,
     seed_table,
+    telemetry_table,
 )
 from core.jobdir import (
     ATTEMPTS_DIR,
@@ -43,8 +50,8 @@ from core.jobdir import (
 )
 
 SECTIONS = ("What was run", "Best point per batch size", "Latency: ms per token",
-            "Throughput: tokens per second", "Cost: USD per million tokens", "Load time", "Memory", "Roofline",
-            "Jobs that did not end ok", "Attempts")
+            "Throughput: tokens per second", "Cost: USD per million tokens", "Power and clocks", "Load time",
+            "Memory", "Roofline", "Jobs that did not end ok", "Attempts")
 CORNER = "backend dtype \\ batch size"
 
 STYLE = """
@@ -56,10 +63,12 @@ nav a { margin-right: 1em; white-space: nowrap; }
 .scroll { overflow-x: auto; margin: 0.8em 0; }
 table { border-collapse: collapse; font-variant-numeric: tabular-nums; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.7em; text-align: right; vertical-align: top; }
-th { background: #f3f3f3; white-space: nowrap; }
-td:first-child, th:first-child { text-align: left; white-space: nowrap; }
+th { background: #f3f3f3; }
+td:first-child, th:first-child { text-align: left; } td:first-child { white-space: nowrap; }
 td.failed { color: #b00; font-weight: 600; } table:not(.text) td { white-space: nowrap; }
-table.text td, table.text th, td:has(.swatch) { text-align: left; } td:has(.swatch) { white-space: nowrap; }
+table.text td, table.text th, td:has(.swatch) { text-align: left; }
+/* headers and row labels wrap where a table is wider than the page, a short label on one line */
+table th:has(.swatch), table td:has(.swatch) { white-space: normal; min-width: 10em; }
 figure { margin: 1em 0 2.2em; } figure img { max-width: 100%; height: auto; display: block; }
 figcaption { color: #555; font-size: 0.9em; max-width: 60em; }
 p.keys code { white-space: nowrap; margin-right: 0.9em; line-height: 1.9; }
@@ -288,8 +297,8 @@ def _what_was_run(page: Page, df: pd.DataFrame, note: str, sweep_dirs: Sequence[
                   "bytes a decode step reads over the copy bandwidth, or its FLOPs over the matmul rate.")
 
     page.heading("Rows and their colours")
-    page.note("A row is backend and dtype plus every measured key that varies; it keeps its colour in every "
-              "chart and table below.")
+    page.note("A row is backend and dtype plus every measured key that varies (a backend option only where it "
+              "takes effect); it keeps its colour in every chart and table below.")
     rows = df.groupby("label")["status"].agg(
         jobs="size", statuses=lambda s: ", ".join(f"{n} {st}" for st, n in s.value_counts().items()))
     page.table(rows.rename_axis(None), text=True)
@@ -300,8 +309,9 @@ def _what_was_run(page: Page, df: pd.DataFrame, note: str, sweep_dirs: Sequence[
 
 
 def _group_rows(table: pd.DataFrame, part: pd.DataFrame) -> pd.DataFrame:
-    """The rows of a table of all results that belong to one group, without its columns empty there."""
-    rows = table.loc[[label for label in table.index if label in set(part["label"])]]
+    """The rows of a table of all results that belong to one group (a label may head several rows), without
+    its columns empty there."""
+    rows = table[table.index.isin(set(part["label"]))]
     return rows.loc[:, (rows != "").any()]
 
 
@@ -361,7 +371,7 @@ def _latency(page: Page, grouped: list, df: pd.DataFrame) -> None:
     page.note("ms per generated token, lower is better: the median over the timed repeats, load and warm-up "
               "excluded (each chart's caption says how it is computed). Rows: backend and dtype (and what "
               "varies); columns: batch size; a job that did not end ok shows its status.")
-    ms, ttft = seed_table(df, "ms_per_token", 2), seed_table(df, "ttft_ms", 2)
+    ms, ttft, latency = seed_table(df, "ms_per_token", 2), seed_table(df, "ttft_ms", 2), latency_table(df)
     for title, part in grouped:
         slug = _slug(title)
         page.heading(title)
@@ -371,6 +381,16 @@ def _latency(page: Page, grouped: list, df: pd.DataFrame) -> None:
         page.note("Time to first token (ttft_ms), ms: the prefill of the whole batch, a generate of one new "
                   "token over the prompts, median over the repeats; the warm-up excluded.")
         page.seed_table(_group_rows(ttft, part), f"ttft_{slug}")
+        rows = _group_rows(latency, part)
+        if rows.empty:
+            page.note("No latency distribution: no job here ended ok with one (the results may predate it).")
+            continue
+        page.note("Latency distribution (latency), ms, of the jobs that ended ok: from separate latency passes "
+                  "after the timed repeats, whose clock is read at every step. TTFT: from the call to the first "
+                  "new token; inter-token: between two successive tokens (one decode step of the whole batch). "
+                  "p50, p90 and p99 over every pass of the job: repeats first tokens and repeats x (new_tokens "
+                  "- 1) steps (latency.samples), so a p99 of 3 first tokens is about their largest.")
+        page.seed_table(rows, f"latency_{slug}", corner="row")
 
 
 def _throughput(page: Page, grouped: list, df: pd.DataFrame, reference: str | None) -> None:
@@ -437,8 +457,28 @@ def _cost(page: Page, grouped: list, df: pd.DataFrame) -> None:
         page.figure(charts.cost_chart(part, title, page.colors), f"usd_per_mtok_{slug}", charts.COST.caption)
 
 
-def _load(page: Page, grouped: list, df: pd.DataFrame) -> None:
+def _power(page: Page, grouped: list, df: pd.DataFrame) -> None:
     page.section(SECTIONS[5])
+    page.note("The conditions each job that ended ok was measured under, over its timed repeats (telemetry): "
+              "J/token, the energy its GPUs drew (NVML's counter) per generated token, median over the "
+              "repeats; the GPUs' power, SM clock and temperature, sampled every 20 ms; the clock-event "
+              "(throttle) reasons NVML reported in any sample (SwPowerCap: clocks lowered to stay within the "
+              "power limit; GpuIdle: the GPU waited for work); the CPU share of the host's other processes "
+              f"({CONTENDED_SHARE:g} or more: compare calls the point inconclusive).")
+    table = telemetry_table(df)
+    for title, part in grouped:
+        page.heading(title)
+        reasons, rows = no_gpu_telemetry(part), _group_rows(table, part)
+        if rows.empty:
+            page.note("No job here ended ok.")
+        if reasons:
+            page.note("No GPU figures: " + "; ".join(reasons) + ".")
+        if len(rows.columns) > 1:  # a figure besides the batch size
+            page.seed_table(rows, f"telemetry_{_slug(title)}", corner="row")
+
+
+def _load(page: Page, grouped: list, df: pd.DataFrame) -> None:
+    page.section(SECTIONS[6])
     page.note("load_s, seconds: the model made ready to generate (weights loaded, placed, engine "
               "initialised); not the launcher start, the imports or the warm-up generate. Median, min and "
               "max over the jobs of each row that ended ok.")
@@ -465,7 +505,7 @@ def _overhead(page: Page, df: pd.DataFrame) -> None:
 
 
 def _memory(page: Page, grouped: list, df: pd.DataFrame) -> None:
-    page.section(SECTIONS[6])
+    page.section(SECTIONS[7])
     table = seed_table(df, "peak_mem_gib", 2)
     for title, part in grouped:
         slug, kind = _slug(title), charts.memory_kind(part)
@@ -481,7 +521,7 @@ def _memory(page: Page, grouped: list, df: pd.DataFrame) -> None:
 
 
 def _roofline(page: Page, grouped: list, df: pd.DataFrame) -> None:
-    page.section(SECTIONS[7])
+    page.section(SECTIONS[8])
     table = roofline_table(df)
     if table.empty:
         page.note("No result holds a roofline (no job ended ok, or the results predate it).")
@@ -520,7 +560,7 @@ def corrupt_table(corrupt: Sequence[CorruptResult]) -> pd.DataFrame:
 
 
 def _failures(page: Page, df: pd.DataFrame, corrupt: Sequence[CorruptResult] = ()) -> None:
-    page.section(SECTIONS[8])
+    page.section(SECTIONS[9])
     failed = failures_table(df)
     if corrupt:
         failed = pd.concat([failed, corrupt_table(corrupt)], ignore_index=True)
@@ -536,7 +576,7 @@ def _failures(page: Page, df: pd.DataFrame, corrupt: Sequence[CorruptResult] = (
 
 def _attempts(page: Page, sweep_dirs: Sequence[Path]) -> None:
     """The attempts of every job that ran more than once (a resume, a rerun, rounds), one row each."""
-    page.section(SECTIONS[9])
+    page.section(SECTIONS[10])
     table = attempts_table(sweep_dirs)
     once = table.groupby("job")["attempt"].transform("count").eq(1)
     shown = table[~once]
@@ -576,6 +616,7 @@ def write_report(df: pd.DataFrame, out: Path, reference: str | None = None, swee
     _latency(page, grouped, df)
     _throughput(page, grouped, df, reference)
     _cost(page, grouped, df)
+    _power(page, grouped, df)
     _load(page, grouped, df)
     _overhead(page, df)
     _memory(page, grouped, df)

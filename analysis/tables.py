@@ -1,14 +1,19 @@
-"""The seed's tables: rows backend+dtype, columns batch size, the status word where there is no number."""
+"""The tables of the results: the seed's (rows backend+dtype, columns batch size, the status word where
+there is no number), and per-point tables (a row per job that ended ok: its label, batch size, figures)."""
 from collections.abc import Iterator
 
 import pandas as pd
 
+from backends import lookup
+from backends.spec import BackendSpec
 from core.jobdir import NOT_MEASURED, option_text
 
 # A row's label: backend and dtype, then every measured config key (core/jobdir.py: the one definition of
 # "the same measurement") that varies among the results, so that two rows of one table are never the same
 # label; batch size is the tables' columns. Known keys first, in this order and with these short names;
 # any other measured key that varies follows as name=value (seed=1, isolate=false, max_batch_cap=64...).
+# A backend option shows only where it takes effect (its spec's `needs`, backends/spec.py): the spec is
+# the one place that knows which option depends on which, and analysis may import the torch-free specs.
 ALWAYS = ("config.backend.name", "config.dtype.name")
 ORDER = ("config.model.name", "config.num_gpus", "config.cpu_ranks", "config.num_nodes", *ALWAYS,
          "config.offload.name", "config.new_tokens", "config.prompt_tokens", "config.stack")
@@ -39,10 +44,37 @@ def _varies(df: pd.DataFrame, key: str) -> bool:
     return True
 
 
+def _spec(name: str) -> BackendSpec | None:
+    """The registered spec of a backend; None for one not registered here (a plugin's results read without
+    its INFERSWEEP_BACKENDS entry), whose options then all count as taking effect."""
+    try:
+        return lookup(name)
+    except (ValueError, ImportError):
+        return None
+
+
+def _in_effect(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` with each backend option null on the results where it takes no effect (BackendSpec.needs)."""
+    df = df.copy()
+    backend = {c.removeprefix("config.backend."): c for c in df if c.startswith("config.backend.")}
+    for name, jobs in df.groupby("config.backend.name") if "config.backend.name" in df else ():
+        spec = _spec(name)
+        for option in (spec.needs if spec else ()):
+            if option not in backend:
+                continue
+            idle = [i for i, job in jobs.iterrows()
+                    if not spec.takes_effect(option, {key: job[column] for key, column in backend.items()})]
+            df[backend[option]] = df[backend[option]].astype(object)  # ints stay ints beside the nulls
+            df.loc[idle, backend[option]] = None
+    return df
+
+
 def row_labels(df: pd.DataFrame) -> pd.Series:
     """backend+dtype, plus every measured config key that varies (model, num_gpus, offload, token counts,
-    stack, a backend or dtype option, ...), each only on the results that have it."""
+    stack, a backend or dtype option, ...), each only on the results that have it and, for a backend
+    option, only where it takes effect (a compilation mode that varied shows on the compiled rows only)."""
     varying = [k for k in _measured_columns(df) if k in ALWAYS or _varies(df, k)]
+    df = _in_effect(df)
     keys = [k for k in ORDER if k in varying] + sorted(k for k in varying if k not in ORDER)
 
     def part(key: str, value) -> str:
@@ -122,3 +154,75 @@ def max_batch_table(df: pd.DataFrame) -> pd.DataFrame:
                                for t in job.get("max_batch_search") or [])}
             for f, (i, job) in zip(found, jobs.iterrows())]
     return pd.DataFrame(rows).set_index("").rename_axis(None)
+
+
+def _points(df: pd.DataFrame) -> pd.DataFrame:
+    """The jobs that ended ok, with their row label, by label and then batch size (numbers in order, then
+    a word: batch_size=max where the search found nothing)."""
+    ok = df.assign(label=row_labels(df))[df["status"] == "ok"]
+    size = ok["config.batch_size"]
+    order = pd.DataFrame({"label": ok["label"], "word": size.map(lambda s: isinstance(s, str)),
+                          "size": pd.to_numeric(size, errors="coerce")})
+    return ok.loc[order.sort_values(["label", "word", "size"], kind="stable").index]
+
+
+def _field(points: pd.DataFrame, field: str) -> pd.Series:
+    return points.get(field, pd.Series(None, index=points.index, dtype=object))
+
+
+def _point_table(points: pd.DataFrame, columns: dict) -> pd.DataFrame:
+    """A row per job of `points` (index: its row label) with its batch size, then a column per {header:
+    (result field, its text)}; an empty cell where a result lacks the field or holds null."""
+    table = {"batch size": points["config.batch_size"].astype(str)}
+    for header, (field, text) in columns.items():
+        values = _field(points, field)
+        table[header] = ["" if not isinstance(v, list) and pd.isna(v) else text(v) for v in values]
+    return pd.DataFrame(table).set_axis(points["label"].tolist())
+
+
+LATENCY = {f"{name} {p} ms": (f"latency.{field}.{p}", "{:.2f}".format)
+           for name, field in (("TTFT", "ttft_ms"), ("inter-token", "itl_ms")) for p in ("p50", "p90", "p99")}
+
+
+def latency_table(df: pd.DataFrame) -> pd.DataFrame:
+    """The latency distribution (the result's `latency`, backends/measure.py) per row label and batch size,
+    over the jobs that ended ok: p50, p90 and p99 of the time to the first new token and between two
+    tokens, ms; a job whose result predates them is left out."""
+    points = _points(df)
+    return _point_table(points[_field(points, "latency.itl_ms.p50").notna()], LATENCY)
+
+
+TELEMETRY = {
+    "J/token": ("energy_j_per_token", "{:.3f}".format),
+    "power mean W": ("telemetry.gpu.power_w_mean", "{:.0f}".format),
+    "power max W": ("telemetry.gpu.power_w_max", "{:.0f}".format),
+    "SM clock mean MHz": ("telemetry.gpu.sm_clock_mhz_mean", "{:.0f}".format),
+    "throttle reasons": ("telemetry.gpu.throttle_reasons", lambda names: ", ".join(names) or "none"),
+    "max temp °C": ("telemetry.gpu.temperature_c_max", "{:.0f}".format),
+    "other-process CPU share": ("telemetry.host.other_cpu_share", "{:.2f}".format),
+}
+
+
+def telemetry_table(df: pd.DataFrame) -> pd.DataFrame:
+    """The conditions of each job that ended ok (the result's `telemetry` and `energy_j_per_token`,
+    backends/telemetry.py) per row label and batch size: J per generated token over every GPU, the GPUs'
+    mean and highest power, mean SM clock, the clock-event (throttle) reasons NVML reported ("none"), the
+    highest temperature, and the CPU share of the host's other processes. A GPU figure is an empty cell where
+    the job has none (no_gpu_telemetry says why)."""
+    points = _points(df)
+    table = _point_table(points, TELEMETRY)
+    table.loc[_field(points, "telemetry.gpu.power_w_mean").isna().to_numpy(), "throttle reasons"] = ""
+    return table
+
+
+def no_gpu_telemetry(df: pd.DataFrame) -> list[str]:
+    """Why jobs that ended ok have no GPU figures, each reason once with its count ("no GPU in use (the
+    worker sees none): 2 jobs"): the result's telemetry.gpu.reason, telemetry=false, or a result that
+    holds no telemetry (written before it was recorded)."""
+    points = _points(df)
+    missing = points[_field(points, "telemetry.gpu.power_w_mean").isna()]
+    reasons = [r if isinstance(r, str) else "telemetry=false" if pd.notna(on) and not on else
+               "no telemetry in the result (written before it was recorded)"
+               for r, on in zip(_field(missing, "telemetry.gpu.reason"), _field(missing, "config.telemetry"))]
+    counts = pd.Series(reasons, dtype=object).value_counts()
+    return [f"{r}: {n} job{'s' if n > 1 else ''}" for r, n in counts.items()]

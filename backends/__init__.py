@@ -12,8 +12,9 @@ Adding a backend
      that names the key, the value and what is allowed, and `SPEC = BackendSpec(...)` naming them, the
      launcher command (`backends.launchers.accelerate_launch`, `deepspeed_launch`, or a function of your
      own: (config, Launch) -> argv), the libraries it requires, whether it runs one process per GPU
-     (`multi_rank`) and over several nodes (`multinode`), the backend_info fields it records, and its
-     worker class as "package.backend:Class".
+     (`multi_rank`) and over several nodes (`multinode`), the backend_info fields it records, the
+     options that take effect only with others set (`needs`: row labels and progress lines leave them out
+     elsewhere), and its worker class as "package.backend:Class".
    - `backend.py`: that class. `Class(config, checkpoint)` with `info` (dict, what ran), `streams`
      (generate streams running at once), `tp_size` (ranks one model is split over, for the roofline),
      `load()`, `input_device()`, `generate(input_ids, attention_mask, new_tokens)`, optionally

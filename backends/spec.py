@@ -5,7 +5,7 @@ that make a job `invalid` (one-line reasons naming the key), the launcher comman
 worker, the libraries the job's stack must have, the result fields the backend adds, and the class the
 worker loads (imported only inside the worker).
 """
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 
 
@@ -52,6 +52,14 @@ class BackendSpec:
     validate: Callable[[dict, Stack], str | None] = no_rules
     # The result's backend_info keys this backend records, and what each means.
     result_fields: dict = field(default_factory=dict)
+    # option -> {another option: the value it must have}: an option that takes effect only where others are
+    # set so (a compilation mode only where the step is compiled). The row labels and the progress line
+    # leave it out elsewhere, where it changes nothing that runs.
+    needs: dict = field(default_factory=dict)
+
+    def takes_effect(self, option: str, options: Mapping) -> bool:
+        """Whether backend option `option` changes what runs, given the job's backend options."""
+        return all(options.get(other) == value for other, value in self.needs.get(option, {}).items())
 
     def ranks_per_node(self, config: dict) -> int:
         """Processes a job starts on each node."""
@@ -61,6 +69,8 @@ class BackendSpec:
         return config.get("num_nodes", 1) * self.ranks_per_node(config)
 
     def changed_options(self, config: dict) -> list:
-        """(name, value) of the backend options that differ from their defaults."""
-        return [(f.name, config["backend"][f.name]) for f in fields(self.config)
-                if f.name != "name" and f.name in config["backend"] and config["backend"][f.name] != f.default]
+        """(name, value) of the backend options that differ from their defaults and take effect."""
+        options = config["backend"]
+        return [(f.name, options[f.name]) for f in fields(self.config)
+                if f.name != "name" and f.name in options and options[f.name] != f.default
+                and self.takes_effect(f.name, options)]

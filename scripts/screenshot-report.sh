@@ -1,36 +1,32 @@
 #!/bin/bash
-# Screenshots of a sweep's HTML report as a reader sees it, at a desktop and a laptop width.
+# Screenshots of a report's HTML page as a reader sees it, at a desktop and a laptop width.
 #
-#     scripts/screenshot-report.sh SWEEP_DIR OUT_PREFIX [MAX_HEIGHT]
+#     scripts/screenshot-report.sh OUT_PREFIX SWEEP_DIR... [REPORT_OPTION...]
 #
-# Renders the report of SWEEP_DIR into a temporary directory (nothing is written into SWEEP_DIR), opens it in
-# headless Chromium at 1440 and 1024 px wide and writes OUT_PREFIX-1440.png and OUT_PREFIX-1024.png: the whole
-# page, its blank bottom cut off, at most MAX_HEIGHT px tall (default 12000), compressed with pngquant where it
-# is installed. Needs chromium (Debian: apt-get install chromium) and Pillow; CHROMIUM names another binary.
+# Renders `python -m analysis report SWEEP_DIR... [REPORT_OPTION...]` (e.g. --price-per-gpu-hour 3.5) into a
+# temporary directory (nothing is written into the sweep directories), opens it in headless Chromium at 1440
+# and 1024 px wide and writes OUT_PREFIX-1440.png and OUT_PREFIX-1024.png: the whole page, its blank bottom
+# cut off, at most MAX_HEIGHT px tall (environment, default 12000), compressed with pngquant where it is
+# installed. Needs chromium (Debian: apt-get install chromium) and Pillow; CHROMIUM names another binary.
 set -euo pipefail
 
 if [ $# -lt 2 ]; then
-    echo "usage: $0 SWEEP_DIR OUT_PREFIX [MAX_HEIGHT]" >&2
+    echo "usage: $0 OUT_PREFIX SWEEP_DIR... [REPORT_OPTION...]" >&2
     exit 2
 fi
-sweep=$(realpath "$1")
-prefix=$(realpath -m "$2")
-max_height=${3:-12000}
+prefix=$(realpath -m "$1")
+shift
+report_args=()
+for arg in "$@"; do  # sweep directories as absolute paths: the report runs from the repository root
+    if [ -d "$arg" ]; then report_args+=("$(realpath "$arg")"); else report_args+=("$arg"); fi
+done
+max_height=${MAX_HEIGHT:-12000}
 chromium=${CHROMIUM:-chromium}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 cd "$(dirname "$0")/.."
-python3 - "$sweep" "$work/report" <<'EOF'
-import sys
-from pathlib import Path
-
-from analysis.report import write_report
-from analysis.results import load_results
-
-sweep = Path(sys.argv[1])
-write_report(load_results([sweep]), Path(sys.argv[2]), sweep_dirs=[sweep])
-EOF
+python3 -m analysis report "${report_args[@]}" --out "$work/report" > /dev/null
 
 for width in 1440 1024; do
     png="$prefix-$width.png"

@@ -1,5 +1,5 @@
-"""`python -m analysis report` and `history` on a real sweep of bloom-tiny (CPU, run once per session), and
-the report's charts on small made-up frames."""
+"""`python -m analysis report` and `history` on a real sweep of bloom-tiny (CPU, run once per session), on
+committed result files (tests/fixtures/report), and the report's charts on small made-up frames."""
 import base64
 import csv
 import html
@@ -17,6 +17,7 @@ from conftest import ROOT, results
 from analysis import charts, efficiency
 from analysis.report import SECTIONS, best_table, usd_text, write_report
 from analysis.results import load_results
+from core.jobdir import RESULT_FILE
 
 
 @pytest.fixture(scope="session")
@@ -126,8 +127,8 @@ class TestAccelerateSweep:
     def test_sections_come_in_the_order_a_reader_asks(self, page):
         assert list(sections(page)) == ["What was run", "Best point per batch size", "Latency: ms per token",
                                         "Throughput: tokens per second", "Cost: USD per million tokens",
-                                        "Load time", "Memory", "Roofline", "Jobs that did not end ok",
-                                        "Attempts"] == list(SECTIONS)
+                                        "Power and clocks", "Load time", "Memory", "Roofline",
+                                        "Jobs that did not end ok", "Attempts"] == list(SECTIONS)
 
     def test_header_names_the_command_what_varied_the_hardware_versions_and_ceilings(self, sweep, page):
         header = html.unescape(sections(page)["What was run"])
@@ -232,6 +233,25 @@ class TestAccelerateSweep:
             assert row["USD/Mtok"] == usd_text(0.5 / 3600 / measured["tokens_per_s"] * 1e6)
             assert row["least energy"] == "not measured" and row["J/token"] == ""
 
+    def test_latency_table_holds_each_results_percentiles(self, sweep, report):
+        out, _ = report
+        ok = [r for r in results(sweep[0]) if r["status"] == "ok"]
+        with open(out / "latency_bloom-tiny-cpu.csv") as f:
+            rows = [(row.pop(""), row) for row in csv.DictReader(f)]
+        assert rows == [("accelerate bf16", latency_cells(r)) for r in ok]  # batch sizes 1, 4; int8 never ran
+
+    def test_power_and_clocks_give_the_reason_once_where_there_is_no_gpu(self, sweep, report):
+        out, _ = report
+        ok = [r for r in results(sweep[0]) if r["status"] == "ok"]
+        md = (out / "report.md").read_text()
+        power = md[md.index("## Power and clocks"):md.index("## Load time")]
+        assert power.count("No GPU figures") == 1
+        assert f"No GPU figures: {ok[0]['telemetry']['gpu']['reason']}: 2 jobs." in power
+        with open(out / "telemetry_bloom-tiny-cpu.csv") as f:  # the host's figure only: no empty GPU columns
+            assert list(csv.reader(f)) == [["", "batch size", "other-process CPU share"]] + [
+                ["accelerate bf16", str(r["config"]["batch_size"]),
+                 f"{r['telemetry']['host']['other_cpu_share']:.2f}"] for r in ok]
+
     def test_pareto_front_of_throughput_per_node_against_latency(self, sweep, page):
         ok = [r for r in results(sweep[0]) if r["status"] == "ok"]
         points = [(r["ms_per_token_per_stream"] * r["config"]["batch_size"], r["tokens_per_s"],
@@ -242,6 +262,73 @@ class TestAccelerateSweep:
                             r"\s*<td>([\d.]+)</td>\s*<td>([\d.]+)</td>", throughput)
         assert listed == [(str(bs), f"{ms:.2f}", f"{tps:.1f}") for ms, tps, bs in sorted(front)]
         assert "Throughput per node against latency: bloom-tiny, CPU" in throughput
+
+
+FIXTURES = ROOT / "tests" / "fixtures" / "report"
+UNCOMPILED = "graph bf16 compile_step=false"
+COMPILED = "graph bf16 compile_mode=default compile_step=true"
+
+
+@pytest.fixture(scope="module")
+def gpu_report(tmp_path_factory) -> tuple:
+    """The report of two committed results of docs/benchmarks/graph-h200/run2 (graph/3: bloom-7b1 bs 256
+    captured, NVML reporting SwPowerCap; graph-compile-step/0: bs 1 compiled with compile_mode=default), and
+    the results by their row label."""
+    out = tmp_path_factory.mktemp("gpu-report")
+    write_report(load_results([FIXTURES]), out, sweep_dirs=[FIXTURES])
+    found = [json.loads(p.read_text()) for p in sorted(FIXTURES.rglob(RESULT_FILE))]
+    return out, {COMPILED if r["config"]["backend"]["compile_step"] else UNCOMPILED: r for r in found}
+
+
+def rows_of(path) -> dict:
+    """A per-point CSV table (row label, batch size, figures) as {row label: {header: cell}}; a label
+    heads one row per batch size, so where it has several the last is kept."""
+    with open(path) as f:
+        return {row.pop(""): row for row in csv.DictReader(f)}
+
+
+def latency_cells(result: dict) -> dict:
+    """The latency table's cells of a result: its batch size and latency percentiles."""
+    latency = result["latency"]
+    return {"batch size": str(result["config"]["batch_size"]),
+            **{f"{name} {p} ms": f"{latency[key][p]:.2f}"
+               for name, key in (("TTFT", "ttft_ms"), ("inter-token", "itl_ms")) for p in ("p50", "p90", "p99")}}
+
+
+def test_a_backend_option_shows_in_the_label_only_where_it_takes_effect(gpu_report):
+    """compile_mode varies between the two graph results, but only the compiled step uses it."""
+    out, by_label = gpu_report
+    assert set(rows_of(out / "latency_bloom-7b1-1-gpu.csv")) == {UNCOMPILED, COMPILED}
+    assert by_label[UNCOMPILED]["config"]["backend"]["compile_mode"] == "max-autotune-no-cudagraphs"  # not shown
+
+
+def test_latency_table_holds_each_results_percentiles(gpu_report):
+    out, by_label = gpu_report
+    rows = rows_of(out / "latency_bloom-7b1-1-gpu.csv")
+    assert rows == {label: latency_cells(result) for label, result in by_label.items()}
+    md = (out / "report.md").read_text()
+    latency = md[md.index("## Latency"):md.index("## Throughput")]
+    assert (out / "latency_bloom-7b1-1-gpu.md").read_text().strip() in latency
+
+
+def test_power_and_clocks_show_each_gpu_results_telemetry(gpu_report):
+    out, by_label = gpu_report
+    rows = rows_of(out / "telemetry_bloom-7b1-1-gpu.csv")
+    for label, result in by_label.items():
+        gpu, host = result["telemetry"]["gpu"], result["telemetry"]["host"]
+        assert rows[label] == {"batch size": str(result["config"]["batch_size"]),
+                               "J/token": f"{result['energy_j_per_token']:.3f}",
+                               "power mean W": f"{gpu['power_w_mean']:.0f}",
+                               "power max W": f"{gpu['power_w_max']:.0f}",
+                               "SM clock mean MHz": f"{gpu['sm_clock_mhz_mean']:.0f}",
+                               "throttle reasons": ", ".join(gpu["throttle_reasons"]) or "none",
+                               "max temp °C": f"{gpu['temperature_c_max']:.0f}",
+                               "other-process CPU share": f"{host['other_cpu_share']:.2f}"}, label
+    assert (rows[UNCOMPILED]["throttle reasons"], rows[COMPILED]["throttle reasons"]) == ("SwPowerCap", "none")
+    md = (out / "report.md").read_text()
+    power = md[md.index("## Power and clocks"):md.index("## Load time")]
+    assert (out / "telemetry_bloom-7b1-1-gpu.md").read_text().strip() in power
+    assert "No GPU figures" not in power
 
 
 def csv_table(path) -> dict:

@@ -141,6 +141,9 @@ def test_synthetic_build_refuses_a_disk_too_small_and_leaves_no_partial_copy(tmp
     (["dtype=int8", "dtype.llm_int8_threshold=0.0"], "accelerate int8 gpus=1 bs=1 llm_int8_threshold=0.0"),
     (["dtype=int8"], "accelerate int8 gpus=1 bs=1"),
     (["backend=ds-zero", "offload=cpu"], "ds-zero bf16 gpus=1 bs=1 offload=cpu"),
+    (["backend=graph", "backend.compile_mode=default"], "graph bf16 gpus=1 bs=1"),  # no compiled step: no mode
+    (["backend=graph", "backend.compile_step=true", "backend.compile_mode=default"],
+     "graph bf16 gpus=1 bs=1 compile_step=true compile_mode=default"),
 ])
 def test_progress_label_names_what_differs_from_the_defaults(overrides, expected):
     """The progress line's job label: two jobs of one backend and dtype must read apart."""

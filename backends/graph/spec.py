@@ -52,6 +52,8 @@ SPEC = BackendSpec(
     backend="backends.graph.backend:GraphBackend",
     requires=("safetensors",),
     validate=validate,
+    # backends/graph/backend.py: a mode only for a compiled step, which always reads the whole cache
+    needs={"compile_mode": {"compile_step": True}, "span_step": {"compile_step": False}},
     result_fields={
         "arch": "the model code that ran (bloom or llama)",
         "dtype": "the torch dtype of the weights",
