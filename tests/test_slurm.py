@@ -57,7 +57,7 @@ def hang_stack(tmp_path: Path, name: str) -> tuple:
     (inject / "sitecustomize.py").write_text(
         "import os, sys, time\n"
         "argv = getattr(sys, 'orig_argv', [])\n"
-        "if 'launch' in argv or 'deepspeed.launcher.runner' in argv:\n"
+        "if '--module' in argv:  # the launcher (accelerate's or DeepSpeed's), not the worker it starts\n"
         f"    if os.path.exists({str(gate)!r}):\n"
         "        task, job = os.environ.get('SLURM_ARRAY_TASK_ID'), os.environ['SLURM_JOB_ID']\n"
         "        slurm_id = f\"{os.environ['SLURM_ARRAY_JOB_ID']}_{task}\" if task else job\n"
