@@ -2,10 +2,13 @@
 and so submitit, reads), as `bash scripts/slurm-local.sh start` runs them on this machine. Skipped, with the
 reason, where no such cluster answers.
 
-Faults are SLURM's own (scancel, scontrol requeue, a node set down, the time limit), dealt to a job while its
-launcher hangs: the job's `stack` is an interpreter whose launcher process waits while a file exists, after
-writing `hanging` (the job's SLURM id) into the job directory: the test waits for that file, never for a
-guessed time.
+Faults are SLURM's own (scancel, scontrol requeue, the time limit, a node set down), dealt to a job while its
+launcher hangs: the job's `stack` is an interpreter whose launcher process waits while a file named after the
+job exists, after writing `hanging` (the job's SLURM id) into the job directory: the test waits for that
+file, never for a guessed time.
+
+Every test is a method of TestCluster: the cluster is state they share (a node set down would end another
+test's job), and tests/conftest.py runs the tests of one class on one pytest-xdist worker, in order.
 """
 import itertools
 import json
@@ -50,26 +53,28 @@ def slurm_env() -> dict:
 
 
 def hang_stack(tmp_path: Path, name: str) -> tuple:
-    """(a `stack` interpreter whose launcher hangs while the returned file exists, that file)."""
-    gate, inject = tmp_path / f"{name}.hang", tmp_path / f"inject-{name}"
-    gate.touch()
+    """(a `stack` interpreter whose launcher hangs while a file named as its job's directory (the job's index)
+    exists in the returned directory, that directory)."""
+    gates, inject = tmp_path / f"{name}.hang", tmp_path / f"inject-{name}"
+    gates.mkdir()
     inject.mkdir()
     (inject / "sitecustomize.py").write_text(
         "import os, sys, time\n"
         "argv = getattr(sys, 'orig_argv', [])\n"
-        "if 'launch' in argv or 'deepspeed.launcher.runner' in argv:\n"
-        f"    if os.path.exists({str(gate)!r}):\n"
+        "if '--module' in argv:  # the launcher (accelerate's or DeepSpeed's), not the worker it starts\n"
+        f"    gate = os.path.join({str(gates)!r}, os.path.basename(argv[-1]))\n"
+        "    if os.path.exists(gate):\n"
         "        task, job = os.environ.get('SLURM_ARRAY_TASK_ID'), os.environ['SLURM_JOB_ID']\n"
         "        slurm_id = f\"{os.environ['SLURM_ARRAY_JOB_ID']}_{task}\" if task else job\n"
         "        path = os.path.join(argv[-1], 'hanging')\n"
         "        open(path + '.tmp', 'w').write(slurm_id)\n"
         "        os.replace(path + '.tmp', path)\n"
-        f"    while os.path.exists({str(gate)!r}):\n"
+        "    while os.path.exists(gate):\n"
         "        time.sleep(0.2)\n")
     stack = tmp_path / f"python-{name}"
     stack.write_text(f"#!/bin/sh\nPYTHONPATH={inject}${{PYTHONPATH:+:$PYTHONPATH}} exec {sys.executable} \"$@\"\n")
     stack.chmod(0o755)
-    return stack, gate
+    return stack, gates
 
 
 class Sweep:
@@ -115,119 +120,123 @@ def accounting(job_id: str) -> dict:
     return dict(zip(fields, out.splitlines()[-1].split("|")))
 
 
-# ---------------------------------------------------------------------------------------------------
-
-
-def test_sweep_of_arrays_with_each_jobs_resources_and_a_cancelled_job(tmp_path, cache_dir):
-    """Four jobs, two resource sets (cluster.cpus=1,2): two arrays of two, chained; each job's first run hangs
-    until scancel ends it: a row naming SLURM's CANCELLED, while the sweep goes on to the other jobs, their
-    results read back with their SLURM ids and nodes, the sweep's table and its history entry."""
-    stack, _ = hang_stack(tmp_path, "hang")
-    sweep_dir = tmp_path / "sweep"
-    sweep = Sweep(["cluster.cpus=1,2", f"stack={stack},null", *SMALL, f"hydra.sweep.dir={sweep_dir}"],
-                  tmp_path, cache_dir)
-    for job in (0, 2):
-        slurm("scancel", sweep.hanging(sweep_dir / str(job)))
-    assert sweep.wait() == 0, sweep.stderr
-    res = results(sweep_dir)
-    assert [(r["status"], r["config"]["cluster"]["cpus"]) for r in res] == [
-        ("error", 1), ("ok", 1), ("error", 2), ("ok", 2)], [r["reason"] for r in res]
-    for r in res[0], res[2]:
-        assert "CANCELLED" in r["reason"] and r["reason"].startswith("slurm job "), r["reason"]
-    scheds = [r["env"]["scheduler"] for r in res]
-    assert [(s["name"], s["array_task_id"]) for s in scheds] == [("slurm", 0), ("slurm", 1)] * 2
-    assert scheds[0]["job_id"] == scheds[1]["job_id"] != scheds[2]["job_id"] == scheds[3]["job_id"]
-    acct = [accounting(f"{s['job_id']}_{s['array_task_id']}") for s in scheds]
-    assert [a["State"].split()[0] for a in acct] == ["CANCELLED", "COMPLETED"] * 2, acct
-    assert [int(a["ReqCPUS"]) for a in acct] == [1, 1, 2, 2]  # each job's own cluster.cpus
-    assert all(int(a["TimelimitRaw"]) == 5 + 10 for a in acct)  # timeout_s=300 in minutes + time_margin_min
-    assert [s["nodelist"] for s in scheds] == [a["NodeList"] for a in acct]
-    assert {a["NodeList"] for a in acct} <= set(NODES)
-    # one job of the sweep at a time (array_parallelism=1): each started after the one before it ended
-    assert all(later["Start"] >= earlier["End"] for earlier, later in itertools.pairwise(acct)), acct
-    assert "[4/4 done]" in sweep.stderr and "accelerate bf16 gpus=0 bs=1 ok" in sweep.stderr
-    assert (sweep_dir / "seed_table.csv").exists()
-    run_id = json.loads((sweep_dir / "sweep.json").read_text())["run_id"]
-    db = sqlite3.connect(history_of(cache_dir))
-    assert db.execute("SELECT COUNT(*) FROM results JOIN sweeps ON results.sweep = sweeps.id "
-                      "WHERE sweeps.run_id = ?", (run_id,)).fetchone()[0] == 4
-
-
-def test_job_past_its_slurm_time_limit_is_timeout(tmp_path, cache_dir):
-    """A 1-minute SLURM limit (timeout_s=300 less a margin of -4 min) on a job that hangs: SLURM ends it
-    (TIMEOUT) before the runner's own timeout_s, and the row says so."""
-    stack, _ = hang_stack(tmp_path, "hang")
-    sweep_dir = tmp_path / "sweep"
-    proc = run_runner(["-m", "hydra/launcher=submitit_slurm", f"stack={stack}", "cluster.time_margin_min=-4",
-                       "cluster.exclusive=false", "cluster.cpus=1", *SMALL, f"hydra.sweep.dir={sweep_dir}"],
-                      cache_dir, timeout=240, env_extra=slurm_env())
-    assert proc.returncode == 3, proc.stderr
-    [res] = results(sweep_dir)
-    assert res["status"] == "timeout" and "time limit" in res["reason"], res["reason"]
-    sched = res["env"]["scheduler"]
-    assert accounting(sched["job_id"])["State"] == "TIMEOUT"
-
-
-def test_requeued_job_runs_again_and_writes_one_result(tmp_path, cache_dir):
-    """scontrol requeue of a running job: SLURM ends that run and starts the job again (its restart count
-    1); the ended run writes nothing, the second writes the job's one result, the sweep sees one job."""
-    stack, gate = hang_stack(tmp_path, "once")
-    sweep_dir = tmp_path / "sweep"
-    sweep = Sweep([f"stack={stack}", "cluster.exclusive=false", "cluster.cpus=1", *SMALL,
-                   f"hydra.sweep.dir={sweep_dir}"], tmp_path, cache_dir)
-    job_id = sweep.hanging(sweep_dir / "0")
-    slurm("scontrol", "requeue", job_id)
-    gate.unlink()  # the next run of the job does not hang
-    # SLURM holds a requeued job for about 2 minutes once its first run has ended: release it at once
+def release_requeued(job_id: str) -> None:
+    """SLURM holds a requeued job for about 2 minutes once its first run has ended: start it at once."""
     while slurm("squeue", "-h", "-j", job_id, "-o", "%T").strip() != "PENDING":
         time.sleep(0.2)
     slurm("scontrol", "update", f"jobid={job_id}", "starttime=now")
-    assert sweep.wait() == 0, sweep.stderr
-    [res] = results(sweep_dir)
-    assert res["status"] == "ok", res["reason"]
-    assert res["env"]["scheduler"]["restart_count"] == 1
-    assert len(list((sweep_dir / "0" / "attempts").iterdir())) == 1  # the ended run left no attempt result
-    assert sweep.stderr.count("done] job 0") == 1 and "[1/1 done]" in sweep.stderr
 
 
-def test_node_set_down_mid_job_is_a_row_and_resume_runs_it_again(tmp_path, cache_dir):
-    """A node set down under a running job that may not be requeued (sbatch --no-requeue): SLURM's
-    NODE_FAIL is the job's row, the sweep ends; the same command again runs the job, now on the other node."""
-    stack, gate = hang_stack(tmp_path, "down")
-    sweep_dir = tmp_path / "sweep"
-    args = [f"stack={stack}", "+hydra.launcher.additional_parameters.no-requeue=true", "cluster.cpus=1", *SMALL,
-            f"hydra.sweep.dir={sweep_dir}"]
-    sweep = Sweep(args, tmp_path, cache_dir)
-    node = accounting(sweep.hanging(sweep_dir / "0"))["NodeList"]
-    try:
-        slurm("scontrol", "update", f"nodename={node}", "state=down", "reason=infersweep test")
-        assert sweep.wait() == 3, sweep.stderr
+@pytest.fixture(scope="module")
+def fault_sweep(tmp_path_factory, cache_dir) -> dict:
+    """One sweep of four jobs, two resource sets (cluster.cpus=1,2 x batch_size=1,2: two arrays of two,
+    chained), a fault of SLURM's dealt to each of the first three while its launcher hangs: job 0 scancel,
+    job 1 scontrol requeue (its second run does not hang), job 2 past its time limit (scontrol lowers it to
+    0 minutes: SLURM ends the job, TIMEOUT, at its next time-limit check, one every 30 s, rather than a
+    minute later, SLURM's least limit); job 3 runs as it is."""
+    root = tmp_path_factory.mktemp("fault-sweep")
+    stack, gates = hang_stack(root, "hang")
+    for job in (0, 1, 2):
+        (gates / str(job)).touch()
+    sweep_dir = root / "sweep"
+    sweep = Sweep(["cluster.cpus=1,2", "batch_size=1,2", f"stack={stack}", *SMALL, f"hydra.sweep.dir={sweep_dir}"],
+                  root, cache_dir)
+    slurm("scancel", sweep.hanging(sweep_dir / "0"))
+    requeued = sweep.hanging(sweep_dir / "1")
+    slurm("scontrol", "requeue", requeued)
+    (gates / "1").unlink()  # the next run of the job does not hang
+    release_requeued(requeued)
+    slurm("scontrol", "update", f"jobid={sweep.hanging(sweep_dir / '2')}", "timelimit=0")
+    return {"dir": sweep_dir, "rc": sweep.wait(), "stderr": sweep.stderr, "results": results(sweep_dir)}
+
+
+class TestCluster:
+    def test_sweep_of_arrays_with_each_jobs_resources_read_back(self, fault_sweep, cache_dir):
+        """The fault sweep as SLURM ran it: two arrays, each job's own CPUs and time limit, one job at a time;
+        every job's result read back with its SLURM ids and nodes, the sweep's table and history entry."""
+        sweep_dir, res = fault_sweep["dir"], fault_sweep["results"]
+        assert fault_sweep["rc"] == 0, fault_sweep["stderr"]
+        assert [(r["status"], r["config"]["cluster"]["cpus"], r["config"]["batch_size"]) for r in res] == [
+            ("error", 1, 1), ("ok", 1, 2), ("timeout", 2, 1), ("ok", 2, 2)], [r["reason"] for r in res]
+        scheds = [r["env"]["scheduler"] for r in res]
+        assert [(s["name"], s["array_task_id"]) for s in scheds] == [("slurm", 0), ("slurm", 1)] * 2
+        assert scheds[0]["job_id"] == scheds[1]["job_id"] != scheds[2]["job_id"] == scheds[3]["job_id"]
+        acct = [accounting(f"{s['job_id']}_{s['array_task_id']}") for s in scheds]
+        assert [a["State"].split()[0] for a in acct] == ["CANCELLED", "COMPLETED", "TIMEOUT", "COMPLETED"], acct
+        assert [int(a["ReqCPUS"]) for a in acct] == [1, 1, 2, 2]  # each job's own cluster.cpus
+        # timeout_s=300 in minutes + time_margin_min; job 2's limit was lowered to 0, which sacct shows as none
+        assert [a["TimelimitRaw"] for a in acct] == [str(5 + 10), str(5 + 10), "", str(5 + 10)]
+        assert [s["nodelist"] for s in scheds] == [a["NodeList"] for a in acct]
+        assert {a["NodeList"] for a in acct} <= set(NODES)
+        # one job of the sweep at a time (array_parallelism=1): each started after the one before it ended
+        assert all(later["Start"] >= earlier["End"] for earlier, later in itertools.pairwise(acct)), acct
+        assert "[4/4 done]" in fault_sweep["stderr"]
+        assert (sweep_dir / "seed_table.csv").exists()
+        run_id = json.loads((sweep_dir / "sweep.json").read_text())["run_id"]
+        db = sqlite3.connect(history_of(cache_dir))
+        assert db.execute("SELECT COUNT(*) FROM results JOIN sweeps ON results.sweep = sweeps.id "
+                          "WHERE sweeps.run_id = ?", (run_id,)).fetchone()[0] == 4
+
+    def test_cancelled_job_is_a_row_naming_slurms_state_and_the_sweep_goes_on(self, fault_sweep):
+        cancelled, *rest = fault_sweep["results"]
+        assert cancelled["status"] == "error", cancelled["reason"]
+        assert cancelled["reason"].startswith("slurm job ") and "CANCELLED" in cancelled["reason"], cancelled["reason"]
+        assert [r["status"] for r in rest] == ["ok", "timeout", "ok"]  # the jobs after it ran
+
+    def test_requeued_job_runs_again_and_writes_one_result(self, fault_sweep):
+        """scontrol requeue of a running job: SLURM ends that run and starts the job again (its restart count
+        1); the ended run writes nothing, the second writes the job's one result, the sweep counts it once."""
+        res = fault_sweep["results"][1]
+        assert res["status"] == "ok", res["reason"]
+        assert res["env"]["scheduler"]["restart_count"] == 1
+        assert len(list((fault_sweep["dir"] / "1" / "attempts").iterdir())) == 1  # the ended run left none
+        assert fault_sweep["stderr"].count("done] job 1 ") == 1
+
+    def test_job_past_its_slurm_time_limit_is_timeout(self, fault_sweep):
+        """SLURM ends the job at its time limit (TIMEOUT), well before the runner's own timeout_s, and the
+        row says so."""
+        res = fault_sweep["results"][2]
+        assert res["status"] == "timeout" and "time limit" in res["reason"], res["reason"]
+
+    def test_node_set_down_mid_job_is_a_row_and_resume_runs_it_again(self, tmp_path, cache_dir):
+        """A node set down under a running job that may not be requeued (sbatch --no-requeue): SLURM's
+        NODE_FAIL is the job's row, the sweep ends; the same command again runs the job, now on the other node."""
+        stack, gates = hang_stack(tmp_path, "down")
+        (gates / "0").touch()
+        sweep_dir = tmp_path / "sweep"
+        args = [f"stack={stack}", "+hydra.launcher.additional_parameters.no-requeue=true", "cluster.cpus=1", *SMALL,
+                f"hydra.sweep.dir={sweep_dir}"]
+        sweep = Sweep(args, tmp_path, cache_dir)
+        node = accounting(sweep.hanging(sweep_dir / "0"))["NodeList"]
+        try:
+            slurm("scontrol", "update", f"nodename={node}", "state=down", "reason=infersweep test")
+            assert sweep.wait() == 3, sweep.stderr
+            [res] = results(sweep_dir)
+            assert res["status"] == "error" and "NODE_FAIL" in res["reason"], res["reason"]
+            assert res["env"]["scheduler"]["nodelist"] == node
+            (gates / "0").unlink()
+            again = Sweep(args, tmp_path, cache_dir, name="resume")
+            assert again.wait() == 0, again.stderr
+        finally:
+            slurm("scontrol", "update", f"nodename={node}", "state=resume", check=False)
         [res] = results(sweep_dir)
-        assert res["status"] == "error" and "NODE_FAIL" in res["reason"], res["reason"]
-        assert res["env"]["scheduler"]["nodelist"] == node
-        gate.unlink()
-        again = Sweep(args, tmp_path, cache_dir, name="resume")
-        assert again.wait() == 0, again.stderr
-    finally:
-        slurm("scontrol", "update", f"nodename={node}", "state=resume", check=False)
-    [res] = results(sweep_dir)
-    assert res["status"] == "ok", res["reason"]
-    assert res["env"]["scheduler"]["nodelist"] != node
+        assert res["status"] == "ok", res["reason"]
+        assert res["env"]["scheduler"]["nodelist"] != node
 
-
-def test_two_node_deepspeed_zero3_job_through_srun(tmp_path, cache_dir):
-    """ZeRO-3 over the two nodes (one CPU rank each): sbatch --nodes=2, srun starts one runner per node,
-    each starts its node's rank through `deepspeed --hostfile --no_ssh --node_rank`; one result, world
-    size 2, the hostfile from SLURM's node list."""
-    sweep_dir = tmp_path / "sweep"
-    proc = run_runner(["-m", "hydra/launcher=submitit_slurm", "backend=ds-zero", "dtype=fp32", "num_nodes=2",
-                       "cluster.cpus=1", *SMALL, f"hydra.sweep.dir={sweep_dir}"], cache_dir, timeout=300, env_extra=slurm_env())
-    assert proc.returncode == 0, proc.stderr
-    [res] = results(sweep_dir)
-    assert res["status"] == "ok", res["reason"]
-    assert res["backend_info"]["world_size"] == 2 and sorted(r["rank"] for r in res["per_rank"]) == [0, 1]
-    sched = res["env"]["scheduler"]
-    assert sorted(slurm("scontrol", "show", "hostnames", sched["nodelist"]).split()) == sorted(NODES[:2])
-    assert (sweep_dir / "0" / "hostfile").read_text() == "".join(f"{n} slots=1\n" for n in NODES[:2])
-    assert "--no_ssh --node_rank 1" in (sweep_dir / "0" / "job.node1.log").read_text()
-    assert accounting(sched["job_id"])["State"] == "COMPLETED"
+    def test_two_node_deepspeed_zero3_job_through_srun(self, tmp_path, cache_dir):
+        """ZeRO-3 over the two nodes (one CPU rank each): sbatch --nodes=2, srun starts one runner per node,
+        each starts its node's rank through `deepspeed --hostfile --no_ssh --node_rank`; one result, world
+        size 2, the hostfile from SLURM's node list."""
+        sweep_dir = tmp_path / "sweep"
+        proc = run_runner(["-m", "hydra/launcher=submitit_slurm", "backend=ds-zero", "dtype=fp32", "num_nodes=2",
+                           "cluster.cpus=1", *SMALL, f"hydra.sweep.dir={sweep_dir}"], cache_dir, timeout=300,
+                          env_extra=slurm_env())
+        assert proc.returncode == 0, proc.stderr
+        [res] = results(sweep_dir)
+        assert res["status"] == "ok", res["reason"]
+        assert res["backend_info"]["world_size"] == 2 and sorted(r["rank"] for r in res["per_rank"]) == [0, 1]
+        sched = res["env"]["scheduler"]
+        assert sorted(slurm("scontrol", "show", "hostnames", sched["nodelist"]).split()) == sorted(NODES[:2])
+        assert (sweep_dir / "0" / "hostfile").read_text() == "".join(f"{n} slots=1\n" for n in NODES[:2])
+        assert "--no_ssh --node_rank 1" in (sweep_dir / "0" / "job.node1.log").read_text()
+        assert accounting(sched["job_id"])["State"] == "COMPLETED"

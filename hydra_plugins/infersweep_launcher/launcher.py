@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 
 INIT_KEYS = ("submitit_folder", "max_num_timeout")
 REFRESH_S = float(os.environ.get("INFERSWEEP_SLURM_REFRESH_S", "30"))  # sacct at most this often
+# SLURM states of a job that SLURM itself ended (scancel, the time limit, a node failure, preemption): its
+# process was stopped before it could write submitit's result file, so submitit's wait for that file (15 s,
+# for shared file systems that show a new file late) would only hold up the sweep's next results.
+ENDED_BY_SLURM = ("CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "DEADLINE", "BOOT_FAIL")
 
 
 def job_launch_params(sweep_config) -> dict:
@@ -155,6 +159,8 @@ if BaseSubmititLauncher is not None:
         def _job_return(self, job: tuple, handle, sweep_dir: Path) -> JobReturn:
             """The job's own JobReturn when its process ended normally; else a result written for it."""
             idx, overrides, params, job_dir, config = job
+            if str(getattr(handle, "state", "")).split(" ")[0] in ENDED_BY_SLURM:
+                handle._results_timeout_s = 0  # submitit's wait for the result file, per job (its own tests set it so)
             try:
                 return handle.results()[0]
             except Exception as e:  # noqa: BLE001 -- the sweep goes on, the job's failure is its result
