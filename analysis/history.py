@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.results import VERSIONS, frame, load_results, read_results, sweep_summary
-from core.jobdir import RESULT_FILE, flat_key
+from core.jobdir import RESULT_FILE, flat_key, storage_error, write_error
 
 DEFAULT_PATH = "outputs/history.sqlite"
 
@@ -156,6 +156,11 @@ def check_history(path: Path) -> str | None:
     ancestor = next(p for p in path.parents if p.exists())  # Path(".") or "/" at the latest
     if not ancestor.is_dir():
         return f"{name}: {ancestor} is a file, not a directory"
+    # A real write beside it: SQLite's own rolled-back write below reaches no disk where another process
+    # holds the history open (its WAL already there), so a full disk would pass and fail the append at the end.
+    error = write_error(ancestor)
+    if error:
+        return f"{name}: not writable ({error.strerror or type(error).__name__})"
     created = not path.exists()
     try:
         db = connect(path)
@@ -178,9 +183,23 @@ def check_history(path: Path) -> str | None:
 
 
 def append_sweep(path: Path, sweep_dir: Path) -> list[str]:
-    """Append every run found under `sweep_dir` (normally one) to the history; returns their run_ids."""
+    """Append every run found under `sweep_dir` (normally one) to the history; returns their run_ids. Where
+    the disk refused the write (full, a quota, read-only), raises that as an OSError naming the history
+    (SQLite's errors carry no errno), so that the runner stops in one line; the append is then not made."""
     results = read_results([sweep_dir])
     summaries = sweep_summary(frame(results)).to_dict("records") if results else []
+    try:
+        _append(path, sweep_dir, summaries, results)
+    except sqlite3.Error as e:
+        refused = storage_error(path)
+        if refused is None:
+            raise
+        raise refused from e
+    return [s["run_id"] for s in summaries]
+
+
+def _append(path: Path, sweep_dir: Path, summaries: list, results: list) -> None:
+    """Each summary's sweep and its results, in one transaction each."""
     appended_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     db = connect(path)
     try:
@@ -201,7 +220,6 @@ def append_sweep(path: Path, sweep_dir: Path) -> list[str]:
             db.execute("COMMIT")
     finally:
         db.close()
-    return [s["run_id"] for s in summaries]
 
 
 def round_seconds(path: Path, configs: list[dict]) -> list[float | None]:

@@ -20,11 +20,13 @@ analysis all read and write job files through this module, with one atomic write
 reader, and decide "the same measurement" with one list of config keys.
 """
 import atexit
+import errno
 import fcntl
 import json
 import os
 import secrets
 import socket
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -146,6 +148,45 @@ def atomic_write(path: Path, text: str, exclusive: bool = False) -> bool:
 
 def write_json(path: Path, data: Any, exclusive: bool = False) -> bool:
     return atomic_write(path, json.dumps(data, indent=2, default=str), exclusive)
+
+
+# ---------------------------------------------------------------------------------------------------
+# A disk that refuses writes
+
+# A write that fails for lack of space, a quota or a file system gone read-only: the disk's fault, not the
+# job's. A sweep that meets one stops (runner/storage.py) instead of failing job after job the same way.
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
+def write_error(directory: Path) -> OSError | None:
+    """The error a new file in `directory` gets when one byte is written to it and flushed to disk, or None
+    if it takes it. A real write, not os.access: root passes every permission check, but not a read-only
+    file system, and a full disk still takes an empty file. The file is removed again."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".infersweep-write-test-")
+    except OSError as e:
+        return e
+    try:
+        os.write(fd, b"x")
+        os.fsync(fd)
+    except OSError as e:
+        return e
+    finally:
+        os.close(fd)
+        os.unlink(tmp)
+    return None
+
+
+def storage_error(path: Path) -> OSError | None:
+    """Why a write of `path` failed where the writer could not say (another process wrote it, or SQLite,
+    whose errors carry no errno): the error of a one-byte write beside it (its nearest existing directory),
+    as an OSError naming `path`, when that error is the disk's (STORAGE_ERRNOS); else None."""
+    path = Path(path)
+    directory = next(p for p in path.parents if p.is_dir())
+    error = write_error(directory)
+    if error is None or error.errno not in STORAGE_ERRNOS:
+        return None
+    return OSError(error.errno, error.strerror, str(path))
 
 
 # ---------------------------------------------------------------------------------------------------

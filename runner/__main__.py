@@ -1,10 +1,10 @@
 """python -m runner [-m] key=value ...: one benchmark job per point of the sweep.
 
 Exit status: 0 the sweep finished with at least one measured point; 2 bad input, nothing launched (a
-config error, a sweep directory another runner holds or that cannot be written, an unusable history); 3
-finished but nothing measured (every job invalid, oom, error or timeout); 74 a write to the sweep
-directory failed mid-sweep (disk full, read-only: runner/storage.py); 128 + signal when interrupted (130
-for Ctrl-C).
+config error, a sweep directory another runner holds, a sweep or run directory, cache or history that
+cannot be written, an unusable history); 3 finished but nothing measured (every job invalid, oom, error or
+timeout); 74 a write to the sweep directory, the cache or the history failed mid-sweep (disk full,
+read-only: runner/storage.py); 128 + signal when interrupted (130 for Ctrl-C).
 """
 import os
 import sys

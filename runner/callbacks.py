@@ -82,6 +82,13 @@ def failure_lines(results: Any) -> list:
 
 
 class SweepTable(Callback):
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Before a single run (no -m): its directory must take a file, or it stops in one line, exit 2, before
+        Hydra's own first write there (which would end in its traceback)."""
+        problem = unwritable(Path(config.hydra.run.dir), "hydra.run.dir")
+        if problem:
+            bad_input(problem)
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Before any job: take the sweep directory (one runner at a time), check the history can be written,
         check a resume does not change the sweep, record the sweep. (Each job's own config is checked by the

@@ -11,7 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from backends.synthetic import checkpoint_ready
+from backends.synthetic import checkpoint_dir, checkpoint_ready
 from core.jobdir import (
     LOG_FILE,
     PHASE_FILE,
@@ -32,6 +32,7 @@ from core.jobdir import (
     read_sweep,
     scheduler,
     set_aside,
+    storage_error,
     write_attempt,
     write_job,
     write_lease,
@@ -293,9 +294,16 @@ def _ended_ok(job_dir: Path, attempt: int) -> bool:
 
 def _build_checkpoint(python: str, config: dict, job_dir: Path, log_path: Path) -> tuple:
     """Build the job's synthetic checkpoint in a process of its own, before the launch (so that its time is
-    never load time, and ranks never race to build it): (exit code or None on timeout, log offset)."""
+    never load time, and ranks never race to build it): (exit code or None on timeout, log offset). A build
+    that failed while the cache takes no byte (a full disk, a read-only file system) raises that error naming
+    the checkpoint: the disk's fault stops the sweep (runner/storage.py) where every job after it would fail
+    the same way. The builder has removed its partial copy (backends/synthetic.py)."""
     offset = _size(log_path)
     rc = run_process([python, "-m", "backends.synthetic", str(job_dir)], log_path, config["timeout_s"])
+    if rc:
+        refused = storage_error(checkpoint_dir(config))
+        if refused:
+            raise refused
     return rc, offset
 
 

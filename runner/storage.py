@@ -1,5 +1,6 @@
-"""The sweep directory's storage: checked before the first launch, and a write to it that fails mid-sweep
-(a full disk, a quota, a file system gone read-only) stops the sweep in one line.
+"""The storage a sweep writes (its sweep or run directory, the synthetic-checkpoint cache, the history):
+checked before the first launch, and a write to it that fails mid-sweep (a full disk, a quota, a file system
+gone read-only) stops the sweep in one line.
 
 Every job file is written through core/jobdir.py's atomic_write, which removes its temp file when a write
 fails, so a failed write leaves the file before it (or none) and nothing partial. The running job's
@@ -12,11 +13,10 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from runner.validate import not_writable
+from core.jobdir import STORAGE_ERRNOS, write_error
 
-# EX_IOERR (sysexits.h): the sweep stopped mid-way because its directory could not be written.
+# EX_IOERR (sysexits.h): the sweep stopped mid-way because its storage could not be written.
 STORAGE_FAILED = 74
-STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
 def unwritable(directory: Path, key: str) -> str | None:
@@ -24,11 +24,12 @@ def unwritable(directory: Path, key: str) -> str | None:
     a read-only file system, or its disk is full), else None."""
     try:
         Path(directory).mkdir(parents=True, exist_ok=True)
-        why = not_writable(Path(directory))
+        error = write_error(Path(directory))
     except OSError as e:
-        why = e.strerror or type(e).__name__
-    if why is None:
+        error = e
+    if error is None:
         return None
+    why = error.strerror or type(error).__name__
     return f"{key}={directory}: not writable ({why}) (allowed: a writable directory with free space)"
 
 

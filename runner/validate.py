@@ -1,16 +1,16 @@
 """Which jobs cannot run, and why: each check returns a one-line reason that names the key."""
-import os
-import tempfile
 from pathlib import Path
 
 import psutil
 
 from backends import lookup
 from backends.spec import Stack
-from backends.synthetic import SYNTHETIC_ARCHS, cache_root, synthetic_params
+from backends.synthetic import SYNTHETIC_ARCHS, cache_root, checkpoint_ready, synthetic_params
+from core.jobdir import write_error
 from runner.config import did_you_mean, group_options
 from runner.multinode import nodes_reason
 from runner.stack import gpu_memory_gib, interpreter, probe
+from runner.storage import unwritable
 
 
 def batch_size_type_error(value: object) -> str | None:
@@ -89,28 +89,9 @@ def _offload(config: dict) -> str | None:
             return f"offload.path={path}: no such directory {allowed}"
         if not Path(path).is_dir():
             return f"offload.path={path}: not a directory {allowed}"
-        why = not_writable(Path(path))
-        if why:
-            return f"offload.path={path}: not writable ({why}) {allowed}"
-    return None
-
-
-def not_writable(directory: Path) -> str | None:
-    """Why no file can be written in `directory`, found by writing one byte to a new file (root passes every
-    permission check of os.access, but not a read-only file system; a full disk still takes an empty file);
-    None if one can."""
-    try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".infersweep-write-test-")
-    except OSError as e:
-        return e.strerror or type(e).__name__
-    try:
-        os.write(fd, b"x")
-        os.fsync(fd)
-    except OSError as e:
-        return e.strerror or type(e).__name__
-    finally:
-        os.close(fd)
-        os.unlink(tmp)
+        error = write_error(Path(path))
+        if error:
+            return f"offload.path={path}: not writable ({error.strerror or type(error).__name__}) {allowed}"
     return None
 
 
@@ -214,7 +195,8 @@ def _group_names(config: dict) -> str | None:
 def preflight_reason(config: dict, gpus: tuple) -> str | None:
     """Why the sweep cannot start at all, found before anything is launched: a group's name that is none of
     its options, a batch size of the wrong type, a stack interpreter that does not run, a model directory with
-    no checkpoint, a cache_dir that is a file, a batch size that cannot fit."""
+    no checkpoint, a cache_dir that is a file or cannot be written where a checkpoint is to be built, a batch
+    size that cannot fit."""
     problem = _group_names(config) or batch_size_type_error(config["batch_size"])
     if problem:
         return problem
@@ -236,7 +218,13 @@ def preflight_reason(config: dict, gpus: tuple) -> str | None:
         if price is not None and price < 0:
             return f"{key}={price}: allowed: USD per hour >= 0, or null (no cost)"
     cache = cache_root(config)
+    key = "cache_dir" if config["cache_dir"] else "INFERSWEEP_CACHE"
     if cache.exists() and not cache.is_dir():
-        key = "cache_dir" if config["cache_dir"] else "INFERSWEEP_CACHE"
         return f"{key}={cache}: is a file (allowed: a directory, created where missing)"
+    # The runner builds a synthetic checkpoint there before the launch: a cache that cannot take a byte (a full
+    # disk, a read-only file system) stops the sweep now, not job after job. A dry run writes nothing.
+    if model["source"] == "synthetic" and not checkpoint_ready(config) and not config["dry_run"]:
+        problem = unwritable(cache, key)
+        if problem:
+            return problem
     return _memory_guard(config, gpus)

@@ -34,11 +34,11 @@ class Runner:
     """`python -m runner ARGS` in the background, its output in files (a pipe that nobody reads would
     block it). Leaving the block stops it the way a user would (SIGTERM), if it still runs."""
 
-    def __init__(self, args: list, cache: Path, out_dir: Path):
+    def __init__(self, args: list, cache: Path, out_dir: Path, env_extra: dict | None = None):
         self.err_path = out_dir / "runner.err"
         with open(out_dir / "runner.out", "w") as out, open(self.err_path, "w") as err:
-            self.proc = subprocess.Popen([sys.executable, "-m", "runner", *args], cwd=ROOT, env=runner_env(cache),
-                                         stdout=out, stderr=err)
+            self.proc = subprocess.Popen([sys.executable, "-m", "runner", *args], cwd=ROOT,
+                                         env={**runner_env(cache), **(env_extra or {})}, stdout=out, stderr=err)
 
     def __enter__(self) -> Self:
         return self
