@@ -15,8 +15,8 @@ pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
 from hydra import compose, initialize_config_dir
 
 from backends import lookup
-from hydra_plugins.infersweep_launcher.launcher import job_launch_params, sbatch_script
-from runner import multinode
+from hydra_plugins.infersweep_launcher.launcher import cluster_refusal, job_launch_params, sbatch_script
+from runner import multinode, unschedulable
 from runner.config import register_configs
 from runner.launch import launcher_command
 
@@ -196,6 +196,40 @@ def test_slurm_nodelist_expansion(nodelist, hosts):
     from submitit.slurm.slurm import _parse_node_list  # submitit's own parser agrees
 
     assert _parse_node_list(nodelist) == hosts
+
+
+@pytest.mark.parametrize("gres, gpus", [("(null)", 0), ("gpu:8", 8), ("gpu:a100:4(S:0-1),gpu:v100:2", 6),
+                                        ("gpu:h200:8(S:0,1)", 8), ("shard:16,gpu:2", 2)])
+def test_gpus_of_a_nodes_gres_as_sinfo_prints_it(gres, gpus):
+    assert unschedulable.gpu_count(gres) == gpus
+
+
+@pytest.mark.parametrize("limit, minutes", [("infinite", None), ("30:00", 30), ("2:00:00", 120),
+                                            ("1-00:00:00", 1440), ("1-12:30:30", 2191)])
+def test_partition_time_limit_as_sinfo_prints_it(limit, minutes):
+    assert unschedulable.limit_minutes(limit) == minutes
+
+
+@pytest.mark.parametrize("overrides, line", [
+    (["num_gpus=8"],
+     "num_gpus=8: 8 GPU(s) per node, more than any node of SLURM partition gpu has (allowed: at most 4 GPU(s)"),
+    (["num_gpus=4", "num_nodes=3", "backend=ds-zero"],
+     "num_nodes=3: 3 nodes of 4 GPU(s), 32 CPU(s) each, more than SLURM partition gpu has or allows (allowed: at most 2"),
+    (["num_gpus=4", "timeout_s=7200"],
+     "timeout_s=7200 + cluster.time_margin_min=10: a time limit of 130 min, more than"),
+    (["num_gpus=4", "hydra.launcher.cpus_per_task=64"], "hydra.launcher.cpus_per_task=64: 64 CPU(s) per node"),
+    (["num_gpus=4", "cluster.partition=gpu2"], "cluster.partition=gpu2: no such SLURM partition (allowed: gpu, cpu"),
+])
+def test_request_beyond_every_node_of_a_gpu_partition(monkeypatch, tmp_path, overrides, line):
+    """What the local cluster (CPU nodes) cannot show: GPUs, a node of another size, a partition's limits."""
+    big, small = unschedulable.Node(48, 512 * 1024, 4), unschedulable.Node(16, 256 * 1024, 4)
+    monkeypatch.setattr(unschedulable, "partitions", lambda: {
+        "gpu": unschedulable.Partition("gpu", True, (big, big, small), max_nodes=None, max_time_min=120),
+        "cpu": unschedulable.Partition("cpu", False, (), max_nodes=None, max_time_min=None)})
+    cfg = compose_job(["hydra/launcher=submitit_slurm", *overrides], tmp_path)
+    assert line in str(cluster_refusal(cfg, job_config(cfg)))
+    fits = compose_job(["hydra/launcher=submitit_slurm", "num_gpus=4", "num_nodes=2", "backend=ds-zero"], tmp_path)
+    assert cluster_refusal(fits, job_config(fits)) is None
 
 
 @pytest.mark.parametrize("overrides, words", [

@@ -2,13 +2,13 @@
 and so submitit, reads), as `bash scripts/slurm-local.sh start` runs them on this machine. Skipped, with the
 reason, where no such cluster answers.
 
-Faults are SLURM's own (scancel, scontrol requeue, the time limit, a node set down), dealt to a job while its
-launcher hangs: the job's `stack` is an interpreter whose launcher process waits while a file named after the
+Faults are SLURM's own (scancel, scontrol requeue, the time limit, a node set down, a partition's time limit
+lowered), dealt to a job while its launcher hangs: the job's `stack` is an interpreter whose launcher process waits while a file named after the
 job exists, after writing `hanging` (the job's SLURM id) into the job directory: the test waits for that
 file, never for a guessed time.
 
 Every test is a method of TestCluster: the cluster is state they share (a node set down would end another
-test's job), and tests/conftest.py runs the tests of one class on one pytest-xdist worker, in order.
+test's job, a lowered partition limit hold it), and tests/conftest.py runs the tests of one class on one pytest-xdist worker, in order.
 """
 import itertools
 import json
@@ -240,3 +240,70 @@ class TestCluster:
         assert (sweep_dir / "0" / "hostfile").read_text() == "".join(f"{n} slots=1\n" for n in NODES[:2])
         assert "--no_ssh --node_rank 1" in (sweep_dir / "0" / "job.node1.log").read_text()
         assert accounting(sched["job_id"])["State"] == "COMPLETED"
+
+    @pytest.mark.parametrize("key", ["cluster.cpus_per_rank", "cluster.mem_gb", "num_gpus"])
+    def test_request_that_no_node_has_is_refused_before_anything_is_submitted(self, key, tmp_path, cache_dir):
+        """More CPUs, memory or GPUs per node than any node has: SLURM would keep the job PENDING for ever (the
+        CPUs, PartitionConfig) or sbatch refuse it mid-sweep; the runner refuses the sweep first, exit 2, in one
+        line naming the key, its value and the most any node has as sinfo lists it, and submits nothing."""
+        sizes = [line.split() for line in slurm("sinfo", "-h", "-N", "-o", "%c %m").splitlines()]
+        cpus, mem_gb = max(int(c) for c, _ in sizes), max(int(m) for _, m in sizes) / 1024
+        ask, allowed = {"cluster.cpus_per_rank": (cpus + 1, f"at most {cpus} CPU(s)"),
+                        "cluster.mem_gb": (int(mem_gb) + 1, f"at most {mem_gb:.3g} GB"),
+                        "num_gpus": (1, "at most 0 GPU(s)")}[key]  # the local cluster's nodes have no GPU
+        cpus_set = {} if key == "cluster.cpus_per_rank" else {"cluster.cpus": 1}  # cluster.cpus would override it
+        args = {**dict(a.split("=") for a in SMALL), **cpus_set, key: ask}
+        sweep_dir = tmp_path / "sweep"
+        proc = run_runner(["-m", "hydra/launcher=submitit_slurm", *(f"{k}={v}" for k, v in args.items()),
+                           f"hydra.sweep.dir={sweep_dir}"], cache_dir, timeout=120, env_extra=slurm_env())
+        assert proc.returncode == 2, proc.stderr
+        [line] = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        assert line.startswith(f"error: {key}={ask}") and allowed in line and "SLURM partition" in line, line
+        assert not (sweep_dir / ".submitit").exists() and not results(sweep_dir)  # nothing was submitted
+
+    def test_job_that_slurm_keeps_pending_for_good_is_cancelled_as_an_invalid_row(self, tmp_path, cache_dir):
+        """What SLURM reveals only after submission: the partition's time limit is lowered below the jobs' own
+        while the first of two runs (an administrator's change), so the second stays PENDING with the reason
+        PartitionTimeLimit, which no wait ends. The runner cancels it and writes an `invalid` row naming the
+        reason and the request; the first job's result stays, the sweep ends."""
+        stack, gates = hang_stack(tmp_path, "limit")
+        (gates / "0").touch()
+        sweep_dir = tmp_path / "sweep"
+        sweep = Sweep(["batch_size=1,2", f"stack={stack}", "cluster.cpus=1", *SMALL, f"hydra.sweep.dir={sweep_dir}"],
+                      tmp_path, cache_dir)
+        partition = next(p for p in slurm("sinfo", "-h", "-o", "%P").split() if p.endswith("*")).rstrip("*")
+        before = slurm("scontrol", "show", "partition", partition).split("MaxTime=")[1].split()[0]
+        try:
+            running = sweep.hanging(sweep_dir / "0")
+            slurm("scontrol", "update", f"partitionname={partition}", "maxtime=10")  # the jobs ask for 5 + 10 min
+            (gates / "0").unlink()
+            assert sweep.wait() == 0, sweep.stderr
+        finally:
+            (gates / "0").unlink(missing_ok=True)  # a failed test leaves no job hanging
+            slurm("scontrol", "update", f"partitionname={partition}", f"maxtime={before}", check=False)
+        first, second = results(sweep_dir)
+        assert first["status"] == "ok", first["reason"]
+        assert second["status"] == "invalid", second["reason"]
+        assert "pending (PartitionTimeLimit)" in second["reason"] and "timeout_min=15" in second["reason"]
+        sched = second["env"]["scheduler"]
+        assert f"{sched['job_id']}_{sched['array_task_id']}" == running.replace("_0", "_1")
+        # the controller's own word (sacct's record of a job may come seconds later)
+        assert slurm("squeue", "-h", "-t", "all", "-j", running.replace("_0", "_1"), "-o", "%T").strip() == "CANCELLED"
+        # before or after job 0 ended, as soon as SLURM's scheduler gave the reason
+        assert "done] job 1 (slurm " in sweep.stderr and "[2/2 done]" in sweep.stderr
+        assert (sweep_dir / "seed_table.csv").exists()
+
+    def test_job_that_sbatch_refuses_is_an_invalid_row(self, tmp_path, cache_dir):
+        """An sbatch option the check before the sweep does not read (here --mincpus beyond every node, through
+        additional_parameters): sbatch refuses the array at submission; its job is an `invalid` row with
+        sbatch's own words instead of a traceback, and the sweep ends as any other."""
+        cpus = max(int(c) for c in slurm("sinfo", "-h", "-N", "-o", "%c").split())
+        sweep_dir = tmp_path / "sweep"
+        proc = run_runner(["-m", "hydra/launcher=submitit_slurm", "cluster.cpus=1", *SMALL,
+                           f"+hydra.launcher.additional_parameters.mincpus={cpus + 1}", f"hydra.sweep.dir={sweep_dir}"],
+                          cache_dir, timeout=120, env_extra=slurm_env())
+        assert proc.returncode == 3, proc.stderr  # nothing measured
+        [res] = results(sweep_dir)
+        assert res["status"] == "invalid" and res["reason"].startswith("sbatch refused the job: sbatch: error:"), res
+        assert "Requested node configuration is not available" in res["reason"], res["reason"]
+        assert "[1/1 done] job 0 (not submitted)" in proc.stderr and "Traceback" not in proc.stderr

@@ -2,7 +2,7 @@
 (conf/hydra/launcher/ overrides the plugin's configs of those names).
 
 They are the hydra-submitit-launcher plugin's SlurmLauncher and LocalLauncher (same executors, same
-pickled Hydra job, same `.submitit/` folder under the sweep dir) with three changes:
+pickled Hydra job, same `.submitit/` folder under the sweep dir) with four changes:
 
 * resources per job: Hydra resolves `hydra.launcher` once, against the sweep's base config, so a sweep
   over num_gpus=1,8 would get one GPU count for all. Here every job's launcher config is resolved
@@ -15,6 +15,10 @@ pickled Hydra job, same `.submitit/` folder under the sweep dir) with three chan
   own handling) becomes a `timeout` or `error` result in its job dir instead of aborting the sweep, and
   the submitting process prints a line per finished job: the jobs run in other processes, where the
   runner's own progress goes to submitit's log files.
+* a SLURM job that no node could ever run: refused before anything is submitted (`cluster_refusal`, which
+  the sweeper asks of every job: exit 2); one that sbatch refuses, or that SLURM keeps pending for a reason
+  no wait ends (runner/unschedulable.py; then cancelled), becomes an `invalid` result, so that the sweep
+  neither stops nor waits for it forever.
 """
 import json
 import logging
@@ -30,10 +34,12 @@ from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from omegaconf import OmegaConf, open_dict
 
 import runner.slurm  # noqa: F401 -- the infersweep.* resolvers, the warning filter
+from runner.unschedulable import never_running, request_problem
 
 try:
     from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
     from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
+    from submitit.core.utils import FailedJobError
 except ImportError:  # the `slurm` extra is not installed: no launchers here, and nothing to complain about
     BaseSubmititLauncher = None
 
@@ -45,6 +51,8 @@ REFRESH_S = float(os.environ.get("INFERSWEEP_SLURM_REFRESH_S", "30"))  # sacct a
 # process was stopped before it could write submitit's result file, so submitit's wait for that file (15 s,
 # for shared file systems that show a new file late) would only hold up the sweep's next results.
 ENDED_BY_SLURM = ("CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "DEADLINE", "BOOT_FAIL")
+# The launcher parameters that a row of a job SLURM never runs names (with its additional_parameters).
+REQUEST_KEYS = ("partition", "nodes", "gpus_per_node", "cpus_per_task", "mem_gb", "timeout_min", "constraint")
 
 
 def job_launch_params(sweep_config) -> dict:
@@ -55,6 +63,14 @@ def job_launch_params(sweep_config) -> dict:
     if cluster is not None and "partition" in params and cluster.exclusive:  # SLURM only
         params.setdefault("additional_parameters", {})["exclusive"] = True
     return params
+
+
+def cluster_refusal(cfg, config: dict) -> str | None:
+    """Why SLURM could never run the job of `cfg` (its composed config, hydra node included; `config`: the
+    same resolved, without it): its request exceeds every node of its partition. None for other launchers."""
+    if cfg.hydra.launcher.get("_target_") != f"{__name__}.SlurmLauncher":
+        return None
+    return request_problem(job_launch_params(cfg), config)
 
 
 def make_executor(kind: str, params: dict, dry_run: bool = False):
@@ -136,12 +152,16 @@ if BaseSubmititLauncher is not None:
             raise NotImplementedError
 
         def _finish(self, job: tuple, handle, sweep_dir: Path, done: int, total: int) -> JobReturn:
-            """A job that is done: its JobReturn, and a line for it on the submitting process's stderr
+            """A job that is done: its JobReturn, reported."""
+            ret = self._job_return(job, handle, sweep_dir)
+            return self._report(job, f"{self._EXECUTOR} {handle.job_id}", ret, done, total)
+
+        def _report(self, job: tuple, where: str, ret: JobReturn, done: int, total: int) -> JobReturn:
+            """A line for a job that is done (`where`: its scheduler's id) on the submitting process's stderr
             (the jobs run in other processes, whose own progress lines go to submitit's log files)."""
             from core.jobdir import CorruptResult, read_result
             from runner.progress import result_line
 
-            ret = self._job_return(job, handle, sweep_dir)
             try:
                 result = read_result(job[3])
             except CorruptResult as e:
@@ -152,38 +172,47 @@ if BaseSubmititLauncher is not None:
                 line = result_line(result)
             else:
                 line = "no result"
-            sys.stderr.write(f"[{done}/{total} done] job {job[0]} ({self._EXECUTOR} {handle.job_id}): {line}\n")
+            sys.stderr.write(f"[{done}/{total} done] job {job[0]} ({where}): {line}\n")
             sys.stderr.flush()
             return ret
 
         def _job_return(self, job: tuple, handle, sweep_dir: Path) -> JobReturn:
             """The job's own JobReturn when its process ended normally; else a result written for it."""
-            idx, overrides, params, job_dir, config = job
+            params = job[2]
             if str(getattr(handle, "state", "")).split(" ")[0] in ENDED_BY_SLURM:
                 handle._results_timeout_s = 0  # submitit's wait for the result file, per job (its own tests set it so)
             try:
                 return handle.results()[0]
             except Exception as e:  # noqa: BLE001 -- the sweep goes on, the job's failure is its result
                 error = e
+            state = getattr(handle, "state", "UNKNOWN")
+            last = (str(error).strip().splitlines() or [repr(error)])[-1]
+            if "TIMEOUT" in str(state).upper():
+                status, reason = "timeout", (
+                    f"SLURM ended job {handle.job_id} at its time limit (timeout_min={params.get('timeout_min')}) "
+                    "before the runner's own timeout_s: raise cluster.time_margin_min")
+            else:
+                status, reason = "error", f"{self._EXECUTOR} job {handle.job_id} ended without a result ({state}): {last}"
+            return self._row(job, sweep_dir, status, reason, handle)
+
+        def _row(self, job: tuple, sweep_dir: Path, status: str, reason: str, handle=None) -> JobReturn:
+            """The JobReturn of a job whose own process wrote no result: the job dir's result where it has
+            one (an earlier run's, kept), else one written here with `status` and `reason` (and where the
+            scheduler had it, from `handle`; None: never submitted)."""
             from core.jobdir import CorruptResult, Job, new_result, read_result, read_sweep, write_result
 
+            idx, overrides, _, job_dir, config = job
             try:
                 result = read_result(job_dir)
             except CorruptResult:
                 result = None
             if result is None:
-                state = getattr(handle, "state", "UNKNOWN")
-                last = (str(error).strip().splitlines() or [repr(error)])[-1]
-                if "TIMEOUT" in str(state).upper():
-                    status, reason = "timeout", (
-                        f"SLURM ended job {handle.job_id} at its time limit (timeout_min={params.get('timeout_min')}) "
-                        "before the runner's own timeout_s: raise cluster.time_margin_min")
-                else:
-                    status, reason = "error", f"{self._EXECUTOR} job {handle.job_id} ended without a result ({state}): {last}"
                 job_dir.mkdir(parents=True, exist_ok=True)
-                job = Job(run_id=read_sweep(sweep_dir).get("run_id", ""), job=idx, config=config,
-                          log=str(handle.paths.stderr), job_dir=str(job_dir), sweep_dir=str(sweep_dir))
-                result = new_result(job, status, reason, env={"scheduler": self._scheduler(handle)})
+                record = Job(run_id=read_sweep(sweep_dir).get("run_id", ""), job=idx, config=config,
+                             log=str(handle.paths.stderr) if handle else "", job_dir=str(job_dir),
+                             sweep_dir=str(sweep_dir))
+                result = new_result(record, status, reason,
+                                    env={"scheduler": self._scheduler(handle) if handle else None})
                 write_result(job_dir, result)
             return JobReturn(overrides=overrides, working_dir=str(job_dir), task_name="runner",
                              status=JobStatus.COMPLETED, _return_value=result)
@@ -207,19 +236,28 @@ if BaseSubmititLauncher is not None:
             groups: dict = {}
             for job in jobs:
                 groups.setdefault(json.dumps(job[2], sort_keys=True, default=str), []).append(job)
-            handles, previous = {}, None
+            handles, refused, previous = {}, {}, None
             for key, group in groups.items():
                 params = json.loads(key)
                 if params.get("array_parallelism", 1) == 1 and previous is not None:
                     params["dependency"] = f"afterany:{previous}"
                 executor = make_executor(self._EXECUTOR, params)
-                submitted = executor.map_array(self, *zip(*(self._job_args(j[0], j[1]) for j in group)))
+                try:
+                    submitted = executor.map_array(self, *zip(*(self._job_args(j[0], j[1]) for j in group)))
+                except FailedJobError as e:
+                    # sbatch refused the array outright, for what the check before the sweep cannot see (an
+                    # option of additional_parameters, an account, a constraint): its jobs are rows, the rest run
+                    why = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
+                    for j in group:
+                        ret = self._row(j, sweep_dir, "invalid", f"sbatch refused the job: {why}")
+                        refused[j[0]] = self._report(j, "not submitted", ret, len(refused) + 1, len(jobs))
+                    continue
                 previous = submitted[0].job_id.split("_")[0]
                 log.info(f"submitted {len(group)} job(s) as SLURM job {previous}: nodes={params.get('nodes')} "
                          f"gpus_per_node={params.get('gpus_per_node')} cpus_per_task={params.get('cpus_per_task')} "
                          f"timeout_min={params.get('timeout_min')}")
                 handles.update({j[0]: h for j, h in zip(group, submitted)})
-            return self._wait(handles, jobs, sweep_dir)
+            return self._wait(handles, jobs, sweep_dir, refused)
 
         @staticmethod
         def _done(handle) -> bool:
@@ -231,15 +269,34 @@ if BaseSubmititLauncher is not None:
             watcher = getattr(handle, "watcher", None)
             return watcher is None or watcher.is_done(handle.job_id, mode="force")
 
-        def _wait(self, handles: dict, jobs: list, sweep_dir: Path) -> dict:
+        def _cancel(self, job: tuple, handle, reason: str, sweep_dir: Path) -> JobReturn:
+            """End a job that SLURM keeps pending for `reason`, which no wait ends: scancel it, and make it an
+            `invalid` row that names the reason and what the job asked for."""
+            handle.cancel(check=False)  # a job that ended meanwhile leaves nothing to cancel
+            params = job[2]
+            asked = {k: params[k] for k in REQUEST_KEYS if params.get(k) is not None}
+            asked.update(params.get("additional_parameters") or {})
+            request = " ".join(f"{k}={v}" for k, v in asked.items())
+            return self._row(job, sweep_dir, "invalid",
+                             f"slurm job {handle.job_id} cancelled: SLURM kept it pending ({reason}), which no wait "
+                             f"ends; it asked for {request}", handle)
+
+        def _wait(self, handles: dict, jobs: list, sweep_dir: Path, returns: dict) -> dict:
+            """Wait for the submitted jobs (`handles`), adding each to `returns` (those already done) as it ends."""
             by_idx = {job[0]: job for job in jobs}
-            pending, returns, refreshed = dict(handles), {}, time.monotonic()
+            pending, refreshed = dict(handles), time.monotonic()
             while pending:
                 if time.monotonic() - refreshed > REFRESH_S:
                     # submitit's watcher backs off to one sacct call per 10 minutes; ask every REFRESH_S
                     watcher = getattr(next(iter(pending.values())), "watcher", None)
                     if watcher is not None:
                         watcher.update()
+                    stuck = never_running([h.job_id for h in pending.values()])
+                    for idx in [i for i, h in pending.items() if h.job_id in stuck]:
+                        handle = pending.pop(idx)
+                        ret = self._cancel(by_idx[idx], handle, stuck[handle.job_id], sweep_dir)
+                        returns[idx] = self._report(by_idx[idx], f"{self._EXECUTOR} {handle.job_id}", ret,
+                                                    len(returns) + 1, len(jobs))
                     refreshed = time.monotonic()
                 for idx in [i for i, h in pending.items() if self._done(h)]:
                     returns[idx] = self._finish(by_idx[idx], pending.pop(idx), sweep_dir, len(returns) + 1,

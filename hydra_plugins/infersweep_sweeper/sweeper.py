@@ -25,6 +25,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf, open_dict
 
 from core.jobdir import GENERATION_KEYS, read_sweep
+from hydra_plugins.infersweep_launcher.launcher import cluster_refusal
 from runner.callbacks import bad_input
 from runner.config import resolve, unknown_key
 from runner.dryrun import job_state, print_plan
@@ -122,15 +123,16 @@ class RoundsSweeper(BasicSweeper):
 
     def check_before_launch(self, jobs: list) -> list:
         """Every job's config, composed as its launch will compose it, checked before the first launch:
-        an unknown key (a `+key` typo) or an input the sweep cannot start with ends the runner in one line
-        (exit 2), with nothing launched. Returns each job's (resolved config, job directory)."""
+        an unknown key (a `+key` typo), an input the sweep cannot start with, or a SLURM request no node of the
+        cluster could meet ends the runner in one line (exit 2), with nothing launched. Returns each job's
+        (resolved config, job directory)."""
         checked = []
         for number, overrides in enumerate(jobs):
             cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
             problem = unknown_key(cfg)
             if not problem:
                 config = resolve(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
-                problem = preflight_reason(config, visible_gpus())
+                problem = preflight_reason(config, visible_gpus()) or cluster_refusal(cfg, config)
             if problem:
                 bad_input(problem)
             with open_dict(cfg):
