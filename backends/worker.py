@@ -229,16 +229,21 @@ def serve(session_dir: Path) -> int:
     """Measure the jobs the runner hands over one by one (runner/session.py), the model loaded once.
     A job that does not end `ok` ends the session: its CUDA state, or its peers, cannot be trusted."""
     n = 0
-    while True:
-        path = session_job_file(session_dir, n)
-        while not path.exists():
-            if (session_dir / STOP_FILE).exists():
-                return 0
-            time.sleep(0.05)
-        code = main(Path(path.read_text()), serving=True, picked_up=time.time())
-        if code != 0:
-            return code
-        n += 1
+    try:
+        while True:
+            path = session_job_file(session_dir, n)
+            while not path.exists():
+                if (session_dir / STOP_FILE).exists():
+                    return 0
+                time.sleep(0.05)
+            code = main(Path(path.read_text()), serving=True, picked_up=time.time())
+            if code != 0:
+                return code
+            n += 1
+    finally:  # the shared model's own files (an offload folder) go with the session, as a job's go with it
+        backend = _loaded.pop("backend", None)
+        if backend is not None and hasattr(backend, "close"):
+            backend.close()
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ from runner.config import resolve, unknown_key
 from runner.failure import failure_reason, signal_death
 from runner.launch import launcher_command, master_port, release_shared_memory, run_process
 from runner.progress import Progress, job_label
-from runner.session import WorkerSession, close_session, session_for
+from runner.session import WorkerSession, close_session, session_for, shares_worker
 from runner.stack import interpreter, probe, visible_gpus
 from runner.storage import stop_when_unwritable
 from runner.validate import invalid_reason, preflight_reason
@@ -341,7 +341,7 @@ def _run(job: Job, job_dir: Path, log_path: Path, progress: Progress, starts: di
 
     progress.phase("launching")
     multinode.release(config, job_dir, launch=True)  # multi-node: the other nodes start their ranks too
-    if config["isolate"]:
+    if not shares_worker(config):
         cmd = launcher_command(config, python, job_dir, visible_gpus())
         offset = _size(log_path)
         starts["launch"] = time.time()
@@ -356,7 +356,7 @@ def _run(job: Job, job_dir: Path, log_path: Path, progress: Progress, starts: di
     except CorruptResult as e:
         return new_result(job, "error", f"the worker left a {e}")
     if result is not None:
-        if not config["isolate"] and result.status != "ok":
+        if shares_worker(config) and result.status != "ok":
             close_session()  # the worker ends after a job that is not ok: the next job starts a fresh one
         if result.status == "error" and rc:
             # A rank that died of a signal writes nothing; a peer that saw it go reports `error` first

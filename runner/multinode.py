@@ -186,8 +186,6 @@ def nodes_reason(config: dict) -> str | None:
         allowed = ", ".join(s.name for s in specs() if s.multinode)
         return (f"num_nodes={num_nodes}: backend={backend} runs on one machine "
                 f"(multi-node needs backend={allowed or 'one that supports it'})")
-    if not config["isolate"]:
-        return f"isolate=false: a shared worker runs on one node (num_nodes={num_nodes} needs isolate=true)"
     try:
         nodes(config)
     except (OSError, ValueError) as e:

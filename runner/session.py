@@ -15,6 +15,12 @@ from core.jobdir import SESSION_MARKER, STOP_FILE, atomic_write, load_key, sessi
 from runner.launch import POLL_S, job_environment, kill_tree
 
 
+def shares_worker(config: dict) -> bool:
+    """Whether the job goes to a shared worker: isolate=false on one node (a multi-node job launches its
+    ranks on every node itself)."""
+    return not config["isolate"] and config["num_nodes"] == 1
+
+
 class WorkerSession:
     def __init__(self, key: str, cmd: list, session_dir: Path):
         self.key, self.session_dir, self.jobs = key, session_dir, 0

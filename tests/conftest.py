@@ -61,12 +61,12 @@ def results(sweep_dir: Path) -> list:
 @pytest.fixture(scope="session")
 def accelerate_sweep(tmp_path_factory, cache_dir) -> dict:
     """One real sweep that tests/test_runner.py and tests/test_analysis_report.py both check (in classes
-    named TestAccelerateSweep: one worker): bf16 at batch sizes 1 and 4, plus int8 (invalid on a CPU) in
+    named TestAccelerateSweep: one worker), a launcher per job (isolate=true): bf16 at batch sizes 1 and 4, plus int8 (invalid on a CPU) in
     the same sweep; 16 new tokens, 3 repeats; a CPU node priced at 0.5 USD per hour. The end of the sweep
     appends it to a history of its own."""
     root = tmp_path_factory.mktemp("accelerate-sweep")
     sweep_dir, history = root / "sweep", root / "history.sqlite"
-    proc = run_runner(["-m", "dtype=bf16,int8", "batch_size=1,4", "new_tokens=16", "repeats=3", "prompt_tokens=4",
+    proc = run_runner(["-m", "dtype=bf16,int8", "batch_size=1,4", "new_tokens=16", "repeats=3", "prompt_tokens=4", "isolate=true",
                        "price_per_cpu_node_hour=0.5", f"hydra.sweep.dir={sweep_dir}"], cache_dir, history=history)
     assert proc.returncode == 0, proc.stderr
     return {"dir": sweep_dir, "proc": proc, "results": results(sweep_dir), "history": history}

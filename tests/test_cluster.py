@@ -234,7 +234,7 @@ def test_request_beyond_every_node_of_a_gpu_partition(monkeypatch, tmp_path, ove
 
 @pytest.mark.parametrize("overrides, words", [
     (["backend=accelerate", "num_nodes=2", "num_gpus=8"], ["num_nodes=2", "backend=accelerate", "one machine"]),
-    (["backend=ds-zero", "num_nodes=2", "num_gpus=8", "isolate=false"], ["isolate=false"]),
+    (["backend=ds-zero", "num_nodes=2", "num_gpus=8", "isolate=false"], ["num_nodes=2", "no hosts"]),  # launched per job anyway
     (["backend=ds-zero", "num_nodes=2", "num_gpus=8"], ["num_nodes=2", "no hosts", "cluster.hostfile"]),
     (["backend=ds-zero", "num_nodes=0"], ["num_nodes=0"]),
     (["backend=ds-zero", "num_nodes=3", "num_gpus=8", "cluster.hostfile=HOSTS"], ["num_nodes=3", "only 2 host"]),

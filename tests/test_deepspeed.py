@@ -224,7 +224,7 @@ class TestSweep:
 
 def test_pre_sharded_written_once_then_reloaded(tmp_path, cache_dir):
     out = tmp_path / "sweep"
-    proc = run_runner(["-m", "backend=ds-inference", "backend.pre_sharded=true,true", "cpu_ranks=2", *QUICK,
+    proc = run_runner(["-m", "backend=ds-inference", "backend.pre_sharded=true,true", "cpu_ranks=2", "isolate=true", *QUICK,
                        f"cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={out}"], cache_dir, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     first, second = results(out)
@@ -267,7 +267,7 @@ def test_dead_rank_ends_the_job_without_hanging(tmp_path, cache_dir):
     the ranks' shared-memory segments, is left.
     (Short generates, so that the warm-up is quick, and more repeats than the timeout allows.)"""
     env = {**os.environ, "INFERSWEEP_CACHE": str(cache_dir), "CUDA_VISIBLE_DEVICES": ""}
-    args = ["backend=ds-zero", "cpu_ranks=2", "dtype=fp32", "new_tokens=16", "repeats=100000", "timeout_s=200",
+    args = ["backend=ds-zero", "cpu_ranks=2", "dtype=fp32", "new_tokens=16", "repeats=100000", "timeout_s=200", "isolate=true",
             f"hydra.run.dir={tmp_path}"]
     start = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "runner", *args], cwd=ROOT, env=env,

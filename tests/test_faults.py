@@ -147,7 +147,7 @@ def test_killed_and_segfaulted_workers_are_errors_and_the_sweep_goes_on(tmp_path
     nothing happened, and nothing of the dead jobs is left running."""
     sweep = tmp_path / "sweep"
     # repeats is the swept key, so that the jobs differ; the faulted ones would run for many minutes.
-    with Runner(["-m", "repeats=100000,100001,2", "new_tokens=8", "prompt_tokens=4",
+    with Runner(["-m", "repeats=100000,100001,2", "new_tokens=8", "prompt_tokens=4", "isolate=true",
                  f"hydra.sweep.dir={sweep}"], cache_dir, tmp_path) as runner:
         for job, sig in ((0, signal.SIGKILL), (1, signal.SIGSEGV)):
             victim = runner.wait_for(f"job {job}'s worker mid-generate",
@@ -194,7 +194,7 @@ def test_a_worker_that_lingers_after_its_ok_result_is_ended_and_the_job_is_ok(tm
 def test_uncaught_exception_in_the_worker_is_error_with_its_last_line(tmp_path, cache_dir):
     """A worker that raises before it can report is `error` with its exception's last line, not with the
     launcher's report of the exit."""
-    proc = run_runner([f"stack={fault_stack(tmp_path, 'raise')}", *SMALL, f"hydra.run.dir={tmp_path / 'job'}"],
+    proc = run_runner([f"stack={fault_stack(tmp_path, 'raise')}", "isolate=true", *SMALL, f"hydra.run.dir={tmp_path / 'job'}"],
                       cache_dir)
     assert proc.returncode == 3, proc.stderr[-3000:]
     result = json.loads((tmp_path / "job" / "result.json").read_text())
@@ -236,7 +236,7 @@ def test_ctrl_c_mid_sweep_then_resume_runs_only_the_rest(tmp_path, cache_dir):
     """SIGINT while job 1 runs: the runner ends its process tree within seconds and exits 130, job 1 leaves
     no result; the same command again keeps job 0 as it was and runs job 1 only."""
     sweep = tmp_path / "sweep"
-    args = ["-m", "batch_size=1,2", *SMALL, f"hydra.sweep.dir={sweep}"]
+    args = ["-m", "batch_size=1,2", "isolate=true", *SMALL, f"hydra.sweep.dir={sweep}"]
     with Runner(args, cache_dir, tmp_path) as runner:
         runner.wait_for("job 0's result", lambda: (sweep / "0" / "result.json").exists())
         runner.wait_for("job 1's worker", lambda: worker_of(sweep / "1"))

@@ -126,7 +126,7 @@ def broken_transformers_stack(tmp_path) -> str:
 
 def test_a_worker_that_cannot_import_fails_with_its_import_error(tmp_path, cache_dir):
     sweep = tmp_path / "sweep"
-    proc = run_runner(["-m", "batch_size=1", f"stack={broken_transformers_stack(tmp_path)}", *FAST,
+    proc = run_runner(["-m", "batch_size=1", "isolate=true", f"stack={broken_transformers_stack(tmp_path)}", *FAST,
                        f"hydra.sweep.dir={sweep}"], cache_dir)
     assert proc.returncode == 3, proc.stderr[-3000:]
     (result,) = results(sweep)

@@ -26,7 +26,9 @@ pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
 
 LOCAL_CONF = Path(os.environ.get("SLURM_LOCAL_DIR", "/var/tmp/infersweep-slurm")) / "etc" / "slurm.conf"
 SLURM_CONF = os.environ.get("SLURM_CONF") or (str(LOCAL_CONF) if LOCAL_CONF.exists() else "")
-SMALL = ["num_gpus=0", "new_tokens=4", "repeats=1", "prompt_tokens=4", "timeout_s=300"]
+# isolate=true: the faults are dealt to a job's own launcher, found by its job directory (a SLURM job runs
+# one point either way: its shared worker would serve that one job)
+SMALL = ["num_gpus=0", "new_tokens=4", "repeats=1", "prompt_tokens=4", "timeout_s=300", "isolate=true"]
 
 
 def slurm(*args: str, check: bool = True) -> str:
