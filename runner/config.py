@@ -101,7 +101,7 @@ class SweepConfig:
     # a job that is not ok ends that worker and the next job starts a fresh one. On one H200 the two modes
     # measured the same ms/token within the spread between processes (docs/benchmarks/runner-overhead.md).
     # true: a launcher per job. A multi-node job always launches its own ranks.
-    isolate: bool = False
+    isolate: bool = True
     # A sweep run again with the same hydra.sweep.dir (a resume) keeps each job whose directory holds a
     # finished result.json of the same config; `rerun` picks which finished jobs run again anyway.
     rerun: Rerun = Rerun.failed

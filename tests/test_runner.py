@@ -100,10 +100,11 @@ def test_bad_config_fails_before_any_job(tmp_path, cache_dir, override, names):
     assert not list(tmp_path.glob("*/job.log"))
 
 
-def test_nvme_offload_streams_weights_from_disk(tmp_path, cache_dir):
+@pytest.mark.parametrize("isolate", ["true", "false"])  # false: the shared worker cleans up as its session ends
+def test_nvme_offload_streams_weights_from_disk(tmp_path, cache_dir, isolate):
     nvme = tmp_path / "nvme"
     nvme.mkdir()
-    proc = run_runner(["offload=nvme", f"offload.path={nvme}", "backend.resident_gib=0.0001", *FAST,
+    proc = run_runner(["offload=nvme", f"offload.path={nvme}", "backend.resident_gib=0.0001", f"isolate={isolate}", *FAST,
                        f"hydra.run.dir={tmp_path / 'job'}"], cache_dir)
     assert proc.returncode == 0, proc.stderr
     result = json.loads((tmp_path / "job" / "result.json").read_text())

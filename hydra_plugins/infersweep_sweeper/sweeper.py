@@ -91,7 +91,7 @@ class RoundsSweeper(BasicSweeper):
         rounds = int(self.config.get("rounds", 1))
         sweep_dir = Path(self.config.hydra.sweep.dir)
         seed = int(read_sweep(sweep_dir).get("round_seed", 0))
-        together = not bool(self.config.get("isolate", False))
+        together = not bool(self.config.get("isolate", True))
         if self.config.get("warmup_process", False):
             self.warm_up(jobs, checked, together, seed)
         if rounds == 1:
