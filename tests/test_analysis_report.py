@@ -132,7 +132,7 @@ class TestAccelerateSweep:
 
     def test_header_names_the_command_what_varied_the_hardware_versions_and_ceilings(self, sweep, page):
         header = html.unescape(sections(page)["What was run"])
-        assert (f"python -m runner -m dtype=bf16,int8 batch_size=1,4 new_tokens=16 repeats=3 prompt_tokens=4 "
+        assert (f"python -m runner -m dtype=bf16,int8 batch_size=1,4 new_tokens=16 repeats=3 prompt_tokens=4 isolate=true "
                 f"price_per_cpu_node_hour=0.5 hydra.sweep.dir={sweep[0]}") in header
         assert re.search(r"<td>dtype.name</td>\s*<td>bf16, int8</td>", header)
         assert re.search(r"<td>batch_size</td>\s*<td>1, 4</td>", header)
