@@ -123,19 +123,21 @@ def accounting(job_id: str) -> dict:
 
 
 def release_requeued(job_id: str) -> None:
-    """SLURM holds a requeued job for about 2 minutes once its first run has ended: start it at once."""
+    """Start a job requeued with `scontrol requeuehold` at once, once its first run has ended (it is PENDING
+    then; SLURM would also hold it for about 2 minutes more)."""
     while slurm("squeue", "-h", "-j", job_id, "-o", "%T").strip() != "PENDING":
         time.sleep(0.2)
     slurm("scontrol", "update", f"jobid={job_id}", "starttime=now")
+    slurm("scontrol", "release", job_id)
 
 
 @pytest.fixture(scope="module")
 def fault_sweep(tmp_path_factory, cache_dir) -> dict:
     """One sweep of four jobs, two resource sets (cluster.cpus=1,2 x batch_size=1,2: two arrays of two,
     chained), a fault of SLURM's dealt to each of the first three while its launcher hangs: job 0 scancel,
-    job 1 scontrol requeue (its second run does not hang), job 2 past its time limit (scontrol lowers it to
-    0 minutes: SLURM ends the job, TIMEOUT, at its next time-limit check, one every 30 s, rather than a
-    minute later, SLURM's least limit); job 3 runs as it is."""
+    job 1 scontrol requeuehold, released once its first run ended (its second run does not hang), job 2 past
+    its time limit (scontrol lowers it to 0 minutes: SLURM ends the job, TIMEOUT, at its next time-limit
+    check, one every 30 s, rather than a minute later, SLURM's least limit); job 3 runs as it is."""
     root = tmp_path_factory.mktemp("fault-sweep")
     stack, gates = hang_stack(root, "hang")
     for job in (0, 1, 2):
@@ -145,7 +147,9 @@ def fault_sweep(tmp_path_factory, cache_dir) -> dict:
                   root, cache_dir)
     slurm("scancel", sweep.hanging(sweep_dir / "0"))
     requeued = sweep.hanging(sweep_dir / "1")
-    slurm("scontrol", "requeue", requeued)
+    # requeuehold: the second run waits until the gate is gone and the first run has ended (a plain requeue
+    # could start it while either was not yet so, and it failed in the same second)
+    slurm("scontrol", "requeuehold", requeued)
     (gates / "1").unlink()  # the next run of the job does not hang
     release_requeued(requeued)
     slurm("scontrol", "update", f"jobid={sweep.hanging(sweep_dir / '2')}", "timelimit=0")
