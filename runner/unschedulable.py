@@ -148,6 +148,18 @@ def request_problem(params: dict, config: dict) -> str | None:
     return None
 
 
+# squeue's states of a job that SLURM has not finished with: a requeued run is COMPLETING, then REQUEUED or
+# REQUEUE_HOLD, then PENDING
+NOT_FINISHED = "PENDING,REQUEUED,REQUEUE_HOLD,REQUEUE_FED,CONFIGURING,RUNNING,COMPLETING"
+
+
+def still_queued(job_id: str) -> bool:
+    """Whether squeue still lists the job (`<job>_<task>` for an array task) as one SLURM has not finished
+    with. Right after `scontrol requeue`, sacct shows the ended run's state (FAILED) while the job is still to
+    run again. False where squeue does not answer or no longer knows the job."""
+    return bool((_run("squeue", "-h", "-r", "-j", job_id, "-t", NOT_FINISHED, "-o", "%T") or "").strip())
+
+
 def never_running(job_ids: list) -> dict:
     """{job id: squeue's reason} of those of our pending jobs (`<job>_<task>` for array tasks) that SLURM
     keeps pending for a reason in NEVER_RUNS; {} where squeue does not answer."""

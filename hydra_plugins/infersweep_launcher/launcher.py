@@ -34,7 +34,7 @@ from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from omegaconf import OmegaConf, open_dict
 
 import runner.slurm  # noqa: F401 -- the infersweep.* resolvers, the warning filter
-from runner.unschedulable import never_running, request_problem
+from runner.unschedulable import never_running, request_problem, still_queued
 
 try:
     from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
@@ -259,15 +259,18 @@ if BaseSubmititLauncher is not None:
                 handles.update({j[0]: h for j, h in zip(group, submitted)})
             return self._wait(handles, jobs, sweep_dir, refused)
 
-        @staticmethod
-        def _done(handle) -> bool:
+        def _done(self, handle) -> bool:
             """Done when SLURM says so. submitit's done() is true once the job's process left its result file,
             but SLURM may run the job again after that (scontrol requeue, a node failure): the run that was
-            ended leaves one, the job is REQUEUED or PENDING, and the next run writes the job's result."""
+            ended leaves one, the job is REQUEUED or PENDING, and the next run writes the job's result. sacct
+            can report the ended run (FAILED) before that: the job is done once squeue no longer lists it."""
             if not handle.done():
                 return False
             watcher = getattr(handle, "watcher", None)
-            return watcher is None or watcher.is_done(handle.job_id, mode="force")
+            if watcher is None:
+                return True
+            ended = watcher.is_done(handle.job_id, mode="force")
+            return ended and not (self._EXECUTOR == "slurm" and still_queued(handle.job_id))
 
         def _cancel(self, job: tuple, handle, reason: str, sweep_dir: Path) -> JobReturn:
             """End a job that SLURM keeps pending for `reason`, which no wait ends: scancel it, and make it an
