@@ -85,41 +85,39 @@ def test_a_disk_that_fills_mid_sweep_stops_it_in_one_line_and_resume_carries_on(
     assert leftovers(sweep) == []
 
 
+def refused(args: list, cache: Path, what: str, why: str, **kwargs) -> None:
+    """The runner exits 2 before any launch, its last line naming `what` (key=path) and why it cannot write."""
+    proc = run_runner(args, cache, **kwargs)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == f"error: {what}: not writable ({why}) {ALLOWED}"
+
+
+def remount_read_only(disk: Path) -> None:
+    subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+
+
 def test_a_full_or_read_only_sweep_directory_stops_the_sweep_before_any_launch(tmp_path, small_disk, cache_dir):
     sweep = small_disk / "sweep"
     args = ["-m", "batch_size=1,2", *QUICK, f"hydra.sweep.dir={sweep}"]
-    allowed = "(allowed: a writable directory with free space)"
     filler = fill(small_disk)
-    proc = run_runner(args, cache_dir)
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert proc.stderr.strip().splitlines()[-1] == (
-        f"error: hydra.sweep.dir={sweep}: not writable (No space left on device) {allowed}")
+    refused(args, cache_dir, f"hydra.sweep.dir={sweep}", "No space left on device")
 
     filler.unlink()
-    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
-    proc = run_runner(args, cache_dir)
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert proc.stderr.strip().splitlines()[-1] == (
-        f"error: hydra.sweep.dir={sweep}: not writable (Read-only file system) {allowed}")
+    remount_read_only(small_disk)
+    refused(args, cache_dir, f"hydra.sweep.dir={sweep}", "Read-only file system")
     assert not list(small_disk.rglob("job.json")) and leftovers(sweep) == []
 
 
 def test_a_single_run_into_a_full_or_read_only_directory_stops_before_any_launch(tmp_path, small_disk, cache_dir):
     """Without -m, Hydra's own first write into hydra.run.dir came first and ended in its traceback (exit 1)."""
     run_dir = small_disk / "run"
-    args = [*QUICK, f"hydra.run.dir={run_dir}"]
     filler = fill(small_disk)
-    proc = run_runner(args, cache_dir)
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert proc.stderr.strip().splitlines()[-1] == (
-        f"error: hydra.run.dir={run_dir}: not writable (No space left on device) {ALLOWED}")
+    refused([*QUICK, f"hydra.run.dir={run_dir}"], cache_dir, f"hydra.run.dir={run_dir}", "No space left on device")
 
     filler.unlink()
-    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
-    proc = run_runner([*QUICK, f"hydra.run.dir={small_disk / 'other'}"], cache_dir)
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert proc.stderr.strip().splitlines()[-1] == (
-        f"error: hydra.run.dir={small_disk / 'other'}: not writable (Read-only file system) {ALLOWED}")
+    remount_read_only(small_disk)
+    other = small_disk / "other"
+    refused([*QUICK, f"hydra.run.dir={other}"], cache_dir, f"hydra.run.dir={other}", "Read-only file system")
     assert not list(small_disk.rglob("job.json")) and leftovers(small_disk) == []
 
 
@@ -129,17 +127,11 @@ def test_a_full_or_read_only_cache_stops_the_sweep_before_any_launch(tmp_path, s
     args = ["-m", "batch_size=1,2", *QUICK, f"hydra.sweep.dir={sweep}"]
     history = tmp_path / "history.sqlite"
     filler = fill(small_disk)
-    proc = run_runner(args, small_disk, history=history)
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert proc.stderr.strip().splitlines()[-1] == (
-        f"error: INFERSWEEP_CACHE={small_disk}: not writable (No space left on device) {ALLOWED}")
+    refused(args, small_disk, f"INFERSWEEP_CACHE={small_disk}", "No space left on device", history=history)
 
     filler.unlink()
-    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
-    proc = run_runner(args, small_disk, history=history)
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert proc.stderr.strip().splitlines()[-1] == (
-        f"error: INFERSWEEP_CACHE={small_disk}: not writable (Read-only file system) {ALLOWED}")
+    remount_read_only(small_disk)
+    refused(args, small_disk, f"INFERSWEEP_CACHE={small_disk}", "Read-only file system", history=history)
     assert not list(sweep.rglob("job.json")) and list(small_disk.iterdir()) == []
 
 
