@@ -148,16 +148,29 @@ def request_problem(params: dict, config: dict) -> str | None:
     return None
 
 
-# squeue's states of a job that SLURM has not finished with: a requeued run is COMPLETING, then REQUEUED or
-# REQUEUE_HOLD, then PENDING
-NOT_FINISHED = "PENDING,REQUEUED,REQUEUE_HOLD,REQUEUE_FED,CONFIGURING,RUNNING,COMPLETING"
+# squeue's states (%T: a flag such as REQUEUED, COMPLETING or REQUEUE_HOLD is printed in place of the base
+# state) of a job that SLURM has finished with. Any other state, SPECIAL_EXIT and STOPPED among them, may run
+# again: a requeued run is COMPLETING, then REQUEUED or REQUEUE_HOLD, then PENDING.
+FINISHED = {"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY",
+            "PREEMPTED", "TIMEOUT"}
 
 
 def still_queued(job_id: str) -> bool:
-    """Whether squeue still lists the job (`<job>_<task>` for an array task) as one SLURM has not finished
-    with. Right after `scontrol requeue`, sacct shows the ended run's state (FAILED) while the job is still to
-    run again. False where squeue does not answer or no longer knows the job."""
-    return bool((_run("squeue", "-h", "-r", "-j", job_id, "-t", NOT_FINISHED, "-o", "%T") or "").strip())
+    """Whether SLURM may still run the job (`<job>_<task>` for an array task): squeue lists it in a state that
+    is not final. Right after `scontrol requeue`, sacct shows the ended run's state (FAILED) while the job is
+    to run again. A squeue that does not answer (a busy slurmctld times out) counts as queued, so that the
+    caller asks again rather than writes the job off; a job squeue no longer knows (purged MinJobAge after it
+    ended), or no squeue at all, as not queued."""
+    try:
+        proc = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-j", job_id, "-o", "%T"], check=False,
+                              capture_output=True, text=True, timeout=30)
+    except OSError:
+        return False
+    except subprocess.TimeoutExpired:
+        return True
+    if proc.returncode != 0:
+        return "Invalid job id" not in proc.stderr
+    return any(state not in FINISHED for state in proc.stdout.split())
 
 
 def never_running(job_ids: list) -> dict:

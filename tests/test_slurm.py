@@ -13,6 +13,7 @@ test's job, a lowered partition limit hold it), and tests/conftest.py runs the t
 import itertools
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -21,6 +22,8 @@ from pathlib import Path
 
 import pytest
 from conftest import history_of, results, run_runner
+
+from runner.unschedulable import still_queued
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
 
@@ -313,3 +316,25 @@ class TestCluster:
         assert res["status"] == "invalid" and res["reason"].startswith("sbatch refused the job: sbatch: error:"), res
         assert "Requested node configuration is not available" in res["reason"], res["reason"]
         assert "[1/1 done] job 0 (not submitted)" in proc.stderr and "Traceback" not in proc.stderr
+
+    def test_job_stays_queued_until_slurm_has_finished_with_it(self, monkeypatch):
+        """The launcher writes a job off only once SLURM has finished with it: a held job is queued, also
+        while slurmctld does not answer (frozen: squeue times out, where a busy controller on a loaded CI
+        machine once made a requeued job count as ended); a cancelled one, or one squeue does not know, is not."""
+        ctld_pid = LOCAL_CONF.parents[1] / "run" / "slurmctld.pid"
+        if not ctld_pid.exists():
+            pytest.skip("the cluster is not scripts/slurm-local.sh's: its slurmctld is not ours to freeze")
+        monkeypatch.setenv("SLURM_CONF", SLURM_CONF)
+        job = slurm("sbatch", "--parsable", "--hold", "--wrap", "true").strip()
+        try:
+            assert still_queued(job)
+            ctld = int(ctld_pid.read_text())
+            os.kill(ctld, signal.SIGSTOP)
+            try:
+                assert still_queued(job)
+            finally:
+                os.kill(ctld, signal.SIGCONT)
+        finally:
+            slurm("scancel", job)
+        assert not still_queued(job)
+        assert not still_queued(str(int(job) + 100000))

@@ -34,6 +34,7 @@ from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from omegaconf import OmegaConf, open_dict
 
 import runner.slurm  # noqa: F401 -- the infersweep.* resolvers, the warning filter
+from runner.failure import exception_lines
 from runner.unschedulable import never_running, request_problem, still_queued
 
 try:
@@ -186,7 +187,9 @@ if BaseSubmititLauncher is not None:
             except Exception as e:  # noqa: BLE001 -- the sweep goes on, the job's failure is its result
                 error = e
             state = getattr(handle, "state", "UNKNOWN")
-            last = (str(error).strip().splitlines() or [repr(error)])[-1]
+            # submitit's error carries the tail of the job's stderr: the runner's own exception, where it
+            # raised one, names the cause better than srun's report of the exit code that follows it
+            last = (exception_lines(str(error)) or str(error).strip().splitlines() or [repr(error)])[-1]
             if "TIMEOUT" in str(state).upper():
                 status, reason = "timeout", (
                     f"SLURM ended job {handle.job_id} at its time limit (timeout_min={params.get('timeout_min')}) "
