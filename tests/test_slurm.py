@@ -12,6 +12,7 @@ test's job, a lowered partition limit hold it), and tests/conftest.py runs the t
 """
 import itertools
 import json
+import math
 import os
 import signal
 import sqlite3
@@ -127,9 +128,13 @@ def accounting(job_id: str) -> dict:
 
 def release_requeued(job_id: str) -> None:
     """Start a job requeued with `scontrol requeuehold` at once, once its first run has ended (it is PENDING
-    then; SLURM would also hold it for about 2 minutes more)."""
+    then), rather than in about 2 minutes, as SLURM would. Not in the second its first run ended: the requeue
+    revoked that run's credential on its node, and slurmd refuses a new one created in the same second of the
+    clock as the revocation ("Killing non-startable batch job: Job credential revoked": the second run FAILED).
+    (A begin time in the future would wait for SLURM's next scheduling pass, up to a minute.)"""
     while slurm("squeue", "-h", "-j", job_id, "-o", "%T").strip() != "PENDING":
         time.sleep(0.2)
+    time.sleep(math.floor(time.time()) + 2 - time.time())  # the clock's second after next
     slurm("scontrol", "update", f"jobid={job_id}", "starttime=now")
     slurm("scontrol", "release", job_id)
 
@@ -151,7 +156,7 @@ def fault_sweep(tmp_path_factory, cache_dir) -> dict:
     slurm("scancel", sweep.hanging(sweep_dir / "0"))
     requeued = sweep.hanging(sweep_dir / "1")
     # requeuehold: the second run waits until the gate is gone and the first run has ended (a plain requeue
-    # could start it while either was not yet so, and it failed in the same second)
+    # could start it while either was not yet so, and it failed in the same second: release_requeued)
     slurm("scontrol", "requeuehold", requeued)
     (gates / "1").unlink()  # the next run of the job does not hang
     release_requeued(requeued)
