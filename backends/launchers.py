@@ -2,6 +2,8 @@
 
 A backend's spec picks one of these as its `command` (or brings its own of the same signature).
 """
+import base64
+import json
 import os
 import socket
 from dataclasses import dataclass
@@ -38,27 +40,37 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def world_info(ids: list) -> str:
+    """DeepSpeed's `--world_info` for one node: {"localhost": [ids]}, JSON in URL-safe base64, as
+    deepspeed.launcher.runner encodes it."""
+    ids = [int(i) if str(i).isdigit() else i for i in ids]
+    return base64.urlsafe_b64encode(json.dumps({"localhost": ids}).encode()).decode()
+
+
 def deepspeed_launch(config: dict, launch: Launch) -> list:
-    """`deepspeed --num_gpus N --module backends.worker JOB_DIR` (the CLI's own module, run by the stack's
-    interpreter so the launcher and its ranks use the stack's DeepSpeed).
+    """DeepSpeed's launcher, run by the stack's interpreter so the launcher and its ranks use the stack's
+    DeepSpeed. On one node: `deepspeed.launcher.launch --world_info=... --module --no_local_rank
+    backends.worker JOB_DIR`, the command the `deepspeed` CLI (deepspeed.launcher.runner) builds and runs
+    for a single node, started here directly: the CLI would import all of deepspeed (4.5 s on a CPU
+    machine) only to encode the ranks' placement. Over several nodes, the CLI itself, with the hostfile and
+    node rank of runner/multinode.py.
 
     Environment, set on the command line so that the log shows it: OMP_NUM_THREADS = cores / ranks
     (CPU ranks otherwise oversubscribe the cores many times over); on the CPU, LOCAL_SIZE = ranks, which
-    is how DeepSpeed's CPU accelerator counts its "devices" (without it the launcher sees one per NUMA
-    node and refuses --num_gpus 2), and DS_ACCELERATOR=cpu so that a GPU box honours num_gpus=0.
+    is how DeepSpeed's CPU accelerator counts its "devices", and DS_ACCELERATOR=cpu so that a GPU box
+    honours num_gpus=0.
     """
     n, world = config["num_gpus"], launch.ranks_per_node
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     env = [f"OMP_NUM_THREADS={max(1, cores // world)}"]
     if n == 0:
         env += [f"LOCAL_SIZE={world}", "DS_ACCELERATOR=cpu"]
-    cmd = ["env", *env, launch.python, "-m", "deepspeed.launcher.runner"]
     if launch.nodes_args:  # num_nodes > 1: hostfile, master addr/port, node rank
-        return cmd + launch.nodes_args + ["--no_local_rank", "--module", WORKER, str(launch.job_dir)]
-    ids = tuple(launch.gpu_ids[:n])
-    if n == 0 or ids == tuple(str(i) for i in range(n)):
-        cmd += ["--num_gpus", str(world)]
-    else:  # GPUs that are not the first n: name them (DeepSpeed ignores CUDA_VISIBLE_DEVICES with --num_gpus)
-        cmd += ["--include", "localhost:" + ",".join(ids)]
-    # --no_local_rank: ranks read LOCAL_RANK from the environment; the job dir stays the last argument.
-    return cmd + ["--no_local_rank", "--master_port", str(free_port()), "--module", WORKER, str(launch.job_dir)]
+        return ["env", *env, launch.python, "-m", "deepspeed.launcher.runner", *launch.nodes_args,
+                "--no_local_rank", "--module", WORKER, str(launch.job_dir)]
+    # the ranks' devices: CPU "devices" 0..world-1, else the job's GPUs by id (the launcher sets
+    # CUDA_VISIBLE_DEVICES to them); --no_local_rank: ranks read LOCAL_RANK from the environment
+    ids = list(range(world)) if n == 0 else list(launch.gpu_ids[:n])
+    return ["env", *env, launch.python, "-u", "-m", "deepspeed.launcher.launch", "--world_info", world_info(ids),
+            "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "--module", "--no_local_rank", WORKER,
+            str(launch.job_dir)]

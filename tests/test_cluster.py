@@ -2,6 +2,7 @@
 hydra_plugins/infersweep_launcher), without a cluster: submitit's local executor runs the same path end to
 end; the sbatch script and the multi-node deepspeed command lines of GPU jobs are generated and checked.
 tests/test_slurm.py runs the path on a real SLURM cluster."""
+import base64
 import json
 import sys
 from pathlib import Path
@@ -181,8 +182,11 @@ def test_user_hostfile_outside_slurm_launches_through_pdsh(tmp_path):
 def test_one_node_command_is_unchanged(tmp_path, monkeypatch):
     _slurm_step(monkeypatch, tmp_path, 0)
     config = job_config(compose_job(["backend=ds-inference", "num_gpus=8"], tmp_path))
-    args = _runner_args(launcher_command(config, sys.executable, tmp_path, tuple(map(str, range(8)))))
-    assert _flag(args, "--num_gpus") == "8" and "--hostfile" not in args and "--num_nodes" not in args
+    cmd = launcher_command(config, sys.executable, tmp_path, tuple(map(str, range(8))))
+    # DeepSpeed's per-node launcher itself, all 8 GPUs of this node, no hostfile
+    assert "deepspeed.launcher.launch" in cmd and "deepspeed.launcher.runner" not in cmd and "--hostfile" not in cmd
+    world = json.loads(base64.urlsafe_b64decode(_flag(cmd, "--world_info")))
+    assert world == {"localhost": list(range(8))}
 
 
 @pytest.mark.parametrize("nodelist, hosts", [

@@ -4,6 +4,7 @@ End-to-end tests go through `python -m runner` with the tiny synthetic BLOOM (fp
 that compute the same function agree to rounding); units cover the launcher command, the validation
 rules and the ZeRO config.
 """
+import base64
 import json
 import os
 import re
@@ -51,19 +52,25 @@ def config(*overrides: str, num_gpus: int = 0) -> dict:
 def test_launcher_command_cpu_ranks():
     cmd = launcher_command(config("backend=ds-zero", "cpu_ranks=2"), "/py", Path("/jobs/7"), ())
     assert cmd[:4] == ["env", f"OMP_NUM_THREADS={max(1, CORES // 2)}", "LOCAL_SIZE=2", "DS_ACCELERATOR=cpu"]
-    assert cmd[4:9] == ["/py", "-m", "deepspeed.launcher.runner", "--num_gpus", "2"]
-    assert "--no_local_rank" in cmd and cmd[-3:] == ["--module", "backends.worker", "/jobs/7"]
+    assert cmd[4:8] == ["/py", "-u", "-m", "deepspeed.launcher.launch"]
+    # CPU "devices" 0 and 1, in the launcher's own decoding
+    assert json.loads(base64.urlsafe_b64decode(cmd[cmd.index("--world_info") + 1])) == {"localhost": [0, 1]}
+    assert cmd[-4:] == ["--module", "--no_local_rank", "backends.worker", "/jobs/7"]
     port = int(cmd[cmd.index("--master_port") + 1])
     assert 0 < port < 65536
 
 
 def test_launcher_command_gpus():
+    """On one node the `deepspeed` CLI is skipped: the launcher gets the --world_info that the CLI would have
+    encoded for `--num_gpus 2` (the first two GPUs) or for `--include localhost:2,3` (others, by id)."""
+    runner = pytest.importorskip("deepspeed.launcher.runner")
     first = launcher_command(config("backend=ds-inference", num_gpus=2), "/py", Path("/j"), ("0", "1", "2"))
-    assert first[first.index("--num_gpus") + 1] == "2" and "LOCAL_SIZE=2" not in first
-    assert f"OMP_NUM_THREADS={max(1, CORES // 2)}" in first
-    # GPUs other than the first N are named: the launcher ignores CUDA_VISIBLE_DEVICES with --num_gpus.
+    cli = runner.apply_num_nodes_and_gpus(runner.parse_inclusion_exclusion({"localhost": 3}, "", ""), -1, 2)
+    assert first[first.index("--world_info") + 1] == runner.encode_world_info(cli)
+    assert "LOCAL_SIZE=2" not in first and f"OMP_NUM_THREADS={max(1, CORES // 2)}" in first
     other = launcher_command(config("backend=ds-inference", num_gpus=2), "/py", Path("/j"), ("2", "3"))
-    assert "--num_gpus" not in other and other[other.index("--include") + 1] == "localhost:2,3"
+    cli = runner.parse_inclusion_exclusion({"localhost": 4}, "localhost:2,3", "")
+    assert other[other.index("--world_info") + 1] == runner.encode_world_info(cli)
 
 
 @pytest.mark.parametrize("overrides, gpus, stack, expected", [
@@ -180,7 +187,7 @@ class TestSweep:
     def test_launched_by_deepspeed_with_threads_per_rank(self, sweep):
         log = Path(sweep[("ds-zero", 2, "none")]["log"]).read_text()
         assert f"env OMP_NUM_THREADS={max(1, CORES // 2)} LOCAL_SIZE=2 DS_ACCELERATOR=cpu " in log
-        assert "-m deepspeed.launcher.runner --num_gpus 2 --no_local_rank" in log
+        assert "-m deepspeed.launcher.launch --world_info " in log and "--module --no_local_rank" in log
         assert "dist_world_size=2" in log  # the launcher's own account of the ranks it started
 
     def test_tensor_parallel_over_ranks(self, sweep):
