@@ -5,8 +5,12 @@ the same cores beside it, to slow host-bound points for real by a known means.
     python benchmarks/cpu_hog.py --cores 4-7 --duty 0.3 --seconds 600
 """
 import argparse
+import ctypes
 import os
+import signal
 import time
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def cores(text: str) -> list:
@@ -16,6 +20,14 @@ def cores(text: str) -> list:
         lo, _, hi = part.partition("-")
         out += list(range(int(lo), int(hi or lo) + 1))
     return out
+
+
+def die_with(parent: int) -> None:
+    """End this process when `parent` ends, however it ends (the campaign stops the load with `kill` of the
+    parent alone: without this, the busy children went on loading the cores under every later sweep)."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # it ended before the request was made
+        os._exit(0)
 
 
 def hog(core: int, duty: float, period_s: float, until: float) -> None:
@@ -35,10 +47,11 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=600.0, help="stop after this long")
     args = p.parse_args()
     until = time.monotonic() + args.seconds
-    children = []
+    children, parent = [], os.getpid()
     for core in cores(args.cores):
         pid = os.fork()
         if pid == 0:
+            die_with(parent)
             hog(core, args.duty, args.period_ms / 1000, until)
             os._exit(0)
         children.append(pid)
