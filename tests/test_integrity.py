@@ -86,8 +86,10 @@ def test_an_unusable_history_stops_the_sweep_before_any_job(tmp_path, cache_dir)
 
 
 def test_rounds_interleave_over_the_sweep_and_resume_runs_only_the_rounds_missing(tmp_path, cache_dir):
+    """With isolate=false a round is one worker process over the batch sizes, a new one each round."""
     sweep = tmp_path / "sweep"
-    args = ["-m", "batch_size=1,2", "new_tokens=4", "repeats=1", "prompt_tokens=4", f"hydra.sweep.dir={sweep}"]
+    args = ["-m", "batch_size=1,2", "new_tokens=4", "repeats=1", "prompt_tokens=4", "isolate=false",
+            f"hydra.sweep.dir={sweep}"]
     proc = run_runner([*args, "rounds=2"], cache_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     done = results(sweep)
@@ -96,6 +98,9 @@ def test_rounds_interleave_over_the_sweep_and_resume_runs_only_the_rounds_missin
         assert r["ms_per_token"] == sum(x["ms_per_token"] for x in r["rounds"]) / 2  # the median of two rounds
     # interleaved: both jobs' round 1 ended before either job's round 2 started
     assert max(r["rounds"][0]["ended"] for r in done) <= min(r["rounds"][1]["started"] for r in done)
+    workers = [[json.loads(a.read_text())["log"] for a in sorted((sweep / str(i) / "attempts").iterdir())]
+               for i in (0, 1)]
+    assert workers[0] == workers[1] and workers[0][0] != workers[0][1], workers  # one worker a round, shared
     assert "round_seed" in json.loads((sweep / "sweep.json").read_text())
 
     proc = run_runner([*args, "rounds=3"], cache_dir)
