@@ -155,6 +155,11 @@ FINISHED = {"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_F
             "PREEMPTED", "TIMEOUT"}
 
 
+# squeue's own wait for a controller that does not answer is MessageTimeout (10 s by default) per attempt;
+# the launcher asks again at its next poll, so one question need not wait longer
+SQUEUE_TIMEOUT_S = 10
+
+
 def still_queued(job_id: str) -> bool:
     """Whether SLURM may still run the job (`<job>_<task>` for an array task): squeue lists it in a state that
     is not final. Right after `scontrol requeue`, sacct shows the ended run's state (FAILED) while the job is
@@ -163,7 +168,7 @@ def still_queued(job_id: str) -> bool:
     ended), or no squeue at all, as not queued."""
     try:
         proc = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-j", job_id, "-o", "%T"], check=False,
-                              capture_output=True, text=True, timeout=30)
+                              capture_output=True, text=True, timeout=SQUEUE_TIMEOUT_S)
     except OSError:
         return False
     except subprocess.TimeoutExpired:
