@@ -96,12 +96,14 @@ class SweepConfig:
     # true: GPU (NVML) and host (psutil) telemetry during the timed repeats, energy per token
     # (backends/telemetry.py); false: none of it runs (its cost: benchmarks/telemetry_overhead.py).
     telemetry: bool = True
-    # false: consecutive jobs that differ only in batch_size, new_tokens, prompt_tokens, repeats,
+    # false (default): consecutive jobs that differ only in batch_size, new_tokens, prompt_tokens, repeats,
     # timeout_s or profile share one launched worker that loads the model once (load_s is that one load);
     # a job that is not ok ends that worker and the next job starts a fresh one. On one H200 the two modes
-    # measured the same ms/token within the spread between processes (docs/benchmarks/runner-overhead.md).
-    # true: a launcher per job. A multi-node job always launches its own ranks.
-    isolate: bool = True
+    # measured the same ms/token within the spread between processes, and the shared worker took 21.9 s of
+    # wall time where a launcher per job took 48.1 s (docs/benchmarks/runner-overhead.md).
+    # true: a launcher per job, each point in a process tree of its own. A multi-node job always launches
+    # its own ranks.
+    isolate: bool = False
     # A sweep run again with the same hydra.sweep.dir (a resume) keeps each job whose directory holds a
     # finished result.json of the same config; `rerun` picks which finished jobs run again anyway.
     rerun: Rerun = Rerun.failed

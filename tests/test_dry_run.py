@@ -6,7 +6,8 @@ from pathlib import Path
 
 from conftest import results, run_runner
 
-FIXTURE = ["new_tokens=16", "repeats=3", "prompt_tokens=4", "price_per_cpu_node_hour=0.5"]
+# the settings of conftest's accelerate_sweep, which the dry runs plan again
+FIXTURE = ["new_tokens=16", "repeats=3", "prompt_tokens=4", "price_per_cpu_node_hour=0.5", "isolate=true"]
 
 
 def files(*roots: Path) -> dict:
