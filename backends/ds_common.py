@@ -1,6 +1,6 @@
 """What the two DeepSpeed backends share: the process group, devices, stale op-build locks.
 
-Every rank of a `deepspeed --num_gpus N` job runs this; the launcher sets RANK, LOCAL_RANK, WORLD_SIZE,
+Every rank of a DeepSpeed job (backends/launchers.py) runs this; DeepSpeed's launcher sets RANK, LOCAL_RANK, WORLD_SIZE,
 MASTER_ADDR/PORT. On a machine without a GPU DeepSpeed picks its CPU accelerator and gloo.
 """
 import datetime

@@ -65,12 +65,12 @@ def deepspeed_launch(config: dict, launch: Launch) -> list:
     env = [f"OMP_NUM_THREADS={max(1, cores // world)}"]
     if n == 0:
         env += [f"LOCAL_SIZE={world}", "DS_ACCELERATOR=cpu"]
+    python = ["env", *env, launch.python]
     if launch.nodes_args:  # num_nodes > 1: hostfile, master addr/port, node rank
-        return ["env", *env, launch.python, "-m", "deepspeed.launcher.runner", *launch.nodes_args,
-                "--no_local_rank", "--module", WORKER, str(launch.job_dir)]
+        return [*python, "-m", "deepspeed.launcher.runner", *launch.nodes_args, "--no_local_rank", "--module", WORKER,
+                str(launch.job_dir)]
     # the ranks' devices: CPU "devices" 0..world-1, else the job's GPUs by id (the launcher sets
     # CUDA_VISIBLE_DEVICES to them); --no_local_rank: ranks read LOCAL_RANK from the environment
     ids = list(range(world)) if n == 0 else list(launch.gpu_ids[:n])
-    return ["env", *env, launch.python, "-u", "-m", "deepspeed.launcher.launch", "--world_info", world_info(ids),
-            "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "--module", "--no_local_rank", WORKER,
-            str(launch.job_dir)]
+    return [*python, "-u", "-m", "deepspeed.launcher.launch", "--world_info", world_info(ids), "--master_addr",
+            "127.0.0.1", "--master_port", str(free_port()), "--module", "--no_local_rank", WORKER, str(launch.job_dir)]

@@ -1,6 +1,6 @@
 """DeepSpeed over several nodes: the hostfile (from SLURM's node list, or the user's `cluster.hostfile`),
-master address and port, and the arguments that turn `deepspeed.launcher.runner --num_gpus N` into a launch
-over `num_nodes` nodes, world size num_nodes x ranks per node.
+master address and port, and the arguments of `deepspeed.launcher.runner` (the `deepspeed` CLI, which a one-node
+job skips: backends/launchers.py) for a launch over `num_nodes` nodes, world size num_nodes x ranks per node.
 
 Two ways to start the ranks of a multi-node job (`cluster.multinode`):
 
